@@ -1,0 +1,1 @@
+"""moeclip_jax.sharding."""

@@ -1,0 +1,1 @@
+"""Small command-line tools (offline fixtures for the README and demo)."""
