@@ -1,28 +1,36 @@
 """`moeclip-jax VERB ...`: one entry point for every tool.
 
-Each verb is also `python -m moeclip_jax.<verb>`; this module only
-dispatches (lazily, so `moeclip-jax --help` stays fast).
+Each verb is also `python -m moeclip_jax.<verb>` and takes `--help` (with
+examples). This module only dispatches, importing the verb lazily so that
+`moeclip-jax --help` stays fast.
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
 
-
-def _convert(argv):
-  from moeclip_jax.convert import __main__ as m  # pylint: disable=g-import-not-at-top
-  return m.main(argv)
-
-
-def _embed(argv):
-  from moeclip_jax import embed  # pylint: disable=g-import-not-at-top
-  return embed.main(argv)
-
-
-# verb -> (runner, one-line help). Verbs land here as their modules exist.
+# verb -> (module exposing main(argv), one-line help).
 VERBS = {
-    "convert": (_convert, "convert HF / OpenAI / OpenCLIP / official weights"),
-    "embed": (_embed, "image/text embeddings and hidden states of a checkpoint"),
+    "demo": ("moeclip_jax.verbs.demo",
+             "offline end-to-end demo (tiny CLIP, ELPV cells, ~minutes)"),
+    "train": ("moeclip_jax.train.__main__",
+              "train a method from a config file (--config.key=value)"),
+    "eval": ("moeclip_jax.verbs.eval_cmd",
+             "evaluate a checkpoint on a labelled dataset"),
+    "predict": ("moeclip_jax.verbs.predict",
+                "anomaly maps, overlays and decisions for images"),
+    "calibrate": ("moeclip_jax.verbs.calibrate",
+                  "thresholds + per-class statistics for predict"),
+    "export": ("moeclip_jax.verbs.export",
+               "serialized StableHLO (jax.export) of a detector"),
+    "convert": ("moeclip_jax.convert.__main__",
+                "convert HF / OpenAI / OpenCLIP / official weights"),
+    "data": ("moeclip_jax.data.cli", "prepare / inspect datasets"),
+    "embed": ("moeclip_jax.embed",
+              "image/text embeddings and hidden states of a checkpoint"),
+    "metrics": ("moeclip_jax.metrics",
+                "metrics of saved predictions (any model)"),
 }
 
 
@@ -30,7 +38,13 @@ def usage() -> str:
   lines = ["usage: moeclip-jax VERB [args...]   (moeclip-jax VERB --help)", "",
            "verbs:"]
   lines += [f"  {verb:10s} {help_}" for verb, (_, help_) in VERBS.items()]
+  lines += ["", "quick start (offline, CPU):  moeclip-jax demo"]
   return "\n".join(lines)
+
+
+def run_verb(verb: str, argv) -> int:
+  module = importlib.import_module(VERBS[verb][0])
+  return module.main(list(argv)) or 0
 
 
 def main(argv=None) -> int:
@@ -42,7 +56,7 @@ def main(argv=None) -> int:
   if verb not in VERBS:
     print(f"error: unknown verb {verb!r}\n\n{usage()}", file=sys.stderr)
     return 2
-  return VERBS[verb][0](rest) or 0
+  return run_verb(verb, rest)
 
 
 if __name__ == "__main__":

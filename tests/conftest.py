@@ -21,6 +21,15 @@ import jax  # pylint: disable=g-import-not-at-top
 import pytest  # pylint: disable=g-import-not-at-top
 
 jax.config.update("jax_default_matmul_precision", "highest")
+# One compilation cache per test session (shared by xdist workers): tests
+# that train or evaluate the same tiny programs compile them once.
+_CACHE = os.environ.setdefault(
+    "MOECLIP_JAX_TEST_CACHE",
+    os.path.join(os.environ.get("TMPDIR", "/tmp"),
+                 f"moeclip_jax_jit_cache_{os.getppid()}"))
+jax.config.update("jax_compilation_cache_dir", _CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 SHARED_ENV = "MOECLIP_JAX_SHARED"

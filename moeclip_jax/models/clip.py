@@ -29,8 +29,20 @@ import jax.numpy as jnp
 
 from moeclip_jax.models import clip_config
 from moeclip_jax.models import layers as L
+from moeclip_jax.sharding import partition
 
 BlockHook = Callable[[int, jax.Array], jax.Array]
+
+
+_ACT = ("act_batch", "act_len", "act_embed")  # block-boundary activations
+
+
+def _block_class(config: clip_config.CLIPConfig):
+  """ResidualBlock, wrapped in `nn.remat` when `config.remat == "blocks"`
+  (activations inside each block are recomputed in the backward pass)."""
+  if config.remat == "blocks":
+    return nn.remat(L.ResidualBlock)
+  return L.ResidualBlock
 
 
 def _param(module, name, shape, names, std, param_dtype):
@@ -72,7 +84,7 @@ class VisionTransformer(nn.Module):
     )
     self.ln_pre = L.layer_norm(self.config)
     self.blocks = [
-        L.ResidualBlock(self.config, v.width, v.heads, v.mlp_dim)
+        _block_class(self.config)(self.config, v.width, v.heads, v.mlp_dim)
         for _ in range(v.layers)
     ]
     self.ln_post = L.layer_norm(self.config)
@@ -135,7 +147,7 @@ class VisionTransformer(nn.Module):
     x = self.embed(pixels)
     hidden = {}
     for i, block in enumerate(self.blocks):
-      x = block(x)
+      x = partition.constrain(block(x), _ACT)  # [B, T, W]
       if block_hook is not None:
         x = block_hook(i, x)
       if i in layers:
@@ -165,7 +177,7 @@ class TextTransformer(nn.Module):
         ("pos", "embed"), 0.01, param_dtype,
     )
     self.blocks = [
-        L.ResidualBlock(self.config, t.width, t.heads, t.mlp_dim)
+        _block_class(self.config)(self.config, t.width, t.heads, t.mlp_dim)
         for _ in range(t.layers)
     ]
     self.ln_final = L.layer_norm(self.config)
@@ -189,7 +201,7 @@ class TextTransformer(nn.Module):
     mask = jnp.tril(jnp.ones((length, length), bool))  # causal
     layers, hidden = set(layers), {}
     for i, block in enumerate(self.blocks):
-      x = block(x, mask)
+      x = partition.constrain(block(x, mask), _ACT)  # [N, L, Wt]
       if i in layers:
         hidden[i] = x
     x = self.ln_final(x)  # [N, L, Wt]
@@ -254,6 +266,18 @@ def abstract_params(config: clip_config.CLIPConfig):
   )["params"]
 
 
+def read_config(checkpoint_dir) -> clip_config.CLIPConfig:
+  """The CLIPConfig stored in a converted checkpoint's config.json."""
+  config_file = pathlib.Path(checkpoint_dir) / "config.json"
+  if not config_file.is_file():
+    raise FileNotFoundError(
+        f"{config_file}: no config.json (not a converted checkpoint?)")
+  raw = json.loads(config_file.read_text())
+  if "clip" not in raw and "vision" not in raw:
+    raise ValueError(f"{config_file}: holds no CLIP config")
+  return clip_config.CLIPConfig.from_dict(raw.get("clip", raw))
+
+
 def load(checkpoint_dir, *, dtype: str | None = None):
   """Loads a converted checkpoint.
 
@@ -268,11 +292,7 @@ def load(checkpoint_dir, *, dtype: str | None = None):
   from moeclip_jax.models import tokenize  # pylint: disable=g-import-not-at-top
 
   path = pathlib.Path(checkpoint_dir)
-  config_file = path / "config.json"
-  if not config_file.is_file():
-    raise FileNotFoundError(f"{config_file}: no config.json (not a converted checkpoint?)")
-  raw = json.loads(config_file.read_text())
-  config = clip_config.CLIPConfig.from_dict(raw.get("clip", raw))
+  config = read_config(path)
   if dtype is not None:
     config = config.replace(dtype=dtype)
   params = common.read_params_checkpoint(path, abstract=abstract_params(config))

@@ -14,6 +14,7 @@ from typing import Any
 ACTIVATIONS = ("gelu", "quick_gelu", "gelu_tanh")
 MATMUL_PRECISIONS = ("default", "high", "highest")
 DTYPES = ("float32", "bfloat16", "float16")
+REMAT = ("none", "blocks")
 
 # Hugging Face `hidden_act` strings -> our activation names.
 HF_ACTIVATIONS = {
@@ -74,6 +75,8 @@ class CLIPConfig:
     matmul_precision: "default", "high" or "highest" for every dot product
       (parity checks on GPU/TPU need "highest").
     name: variant name it was built from (informational).
+    remat: "none" or "blocks" (recompute each residual block's activations
+      in the backward pass: less memory, ~1/3 more compute).
   """
 
   vision: VisionConfig
@@ -84,12 +87,14 @@ class CLIPConfig:
   param_dtype: str = "float32"
   matmul_precision: str = "default"
   name: str = ""
+  remat: str = "none"
 
   def __post_init__(self):
     _check_choice("activation", self.activation, ACTIVATIONS)
     _check_choice("dtype", self.dtype, DTYPES)
     _check_choice("param_dtype", self.param_dtype, DTYPES)
     _check_choice("matmul_precision", self.matmul_precision, MATMUL_PRECISIONS)
+    _check_choice("remat", self.remat, REMAT)
     v = self.vision
     if v.image_size % v.patch_size:
       raise ValueError(

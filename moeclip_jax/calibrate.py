@@ -1,0 +1,12 @@
+"""`python -m moeclip_jax.calibrate` (same as `moeclip-jax calibrate`); see verbs/calibrate.py."""
+
+import sys
+
+
+def main(argv=None) -> int:
+  from moeclip_jax.verbs import calibrate  # pylint: disable=g-import-not-at-top
+  return calibrate.main(argv)
+
+
+if __name__ == "__main__":
+  sys.exit(main())

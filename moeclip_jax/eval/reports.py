@@ -1,0 +1,143 @@
+"""Per-class tables, means and the report files.
+
+Files (all written atomically: temp file in the same folder, then
+`os.replace`):
+
+* metrics.json: exactly {"per_class", "mean", "counts", "protocol"}; values
+  are fractions in [0, 1]; undefined values are null, excluded from means and
+  counted in `counts`.
+* metrics.csv: one row per class plus a final "mean" row; null -> empty cell.
+* protocol.json: every knob of the protocol plus run metadata.
+* details.json: streaming error bounds, F1 thresholds, per-class mode, flags.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from typing import Any, Iterable, Mapping
+
+from moeclip_jax.eval import protocols
+
+METRICS_FILE = "metrics.json"
+CSV_FILE = "metrics.csv"
+PROTOCOL_FILE = "protocol.json"
+DETAILS_FILE = "details.json"
+
+
+def _clean(value: Any) -> float | None:
+  """None for undefined (None/NaN); plain float otherwise."""
+  if value is None:
+    return None
+  value = float(value)
+  return None if math.isnan(value) else value
+
+
+def class_means(per_class: Mapping[str, Mapping[str, Any]],
+                keys: Iterable[str] = protocols.ALL_METRICS):
+  """Mean over classes of each metric, skipping nulls (None if all null)."""
+  means = {}
+  for key in keys:
+    vals = [v[key] for v in per_class.values() if v.get(key) is not None]
+    means[key] = sum(vals) / len(vals) if vals else None
+  return means
+
+
+def metric_counts(per_class: Mapping[str, Mapping[str, Any]],
+                  protocol: protocols.Protocol):
+  """Defined / undefined counts and the classes behind each null."""
+  out = dict(defined={}, undefined={}, undefined_classes={},
+             not_in_protocol=[k for k in protocols.ALL_METRICS
+                              if k not in protocol.metrics])
+  for key in protocols.ALL_METRICS:
+    if key not in protocol.metrics:
+      continue
+    nulls = [c for c, v in per_class.items() if v.get(key) is None]
+    out["defined"][key] = len(per_class) - len(nulls)
+    out["undefined"][key] = len(nulls)
+    out["undefined_classes"][key] = nulls
+  return out
+
+
+def build_report(per_class, counts, protocol_json, details):
+  """Assembles the evaluate() result (metrics.json schema + details)."""
+  per_class = {c: {k: _clean(v.get(k)) for k in protocols.ALL_METRICS}
+               for c, v in per_class.items()}
+  return {
+      "per_class": per_class,
+      "mean": class_means(per_class),
+      "counts": counts,
+      "protocol": protocol_json,
+      "details": details,
+  }
+
+
+def _atomic_write(path: str, text: str) -> None:
+  folder = os.path.dirname(os.path.abspath(path))
+  fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+  try:
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+      f.write(text)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+
+
+def to_csv(report: Mapping[str, Any]) -> str:
+  """metrics.csv text: class rows then a "mean" row, empty cell = null."""
+  buf = io.StringIO()
+  writer = csv.writer(buf, lineterminator="\n")
+  writer.writerow(("class",) + protocols.ALL_METRICS)
+  rows = list(report["per_class"].items()) + [("mean", report["mean"])]
+  for name, vals in rows:
+    writer.writerow([name] + ["" if vals[k] is None else f"{vals[k]:.10g}"
+                              for k in protocols.ALL_METRICS])
+  return buf.getvalue()
+
+
+def write_reports(report: Mapping[str, Any], out_dir: str) -> dict[str, str]:
+  """Writes metrics.json, metrics.csv, protocol.json and details.json.
+
+  Args:
+    report: an `evaluate` result.
+    out_dir: folder (created if needed).
+
+  Returns:
+    {file kind: path}.
+  """
+  os.makedirs(out_dir, exist_ok=True)
+  metrics = {k: report[k] for k in ("per_class", "mean", "counts", "protocol")}
+  paths = {
+      "metrics": os.path.join(out_dir, METRICS_FILE),
+      "csv": os.path.join(out_dir, CSV_FILE),
+      "protocol": os.path.join(out_dir, PROTOCOL_FILE),
+      "details": os.path.join(out_dir, DETAILS_FILE),
+  }
+  dump = lambda obj: json.dumps(obj, indent=2, allow_nan=False) + "\n"
+  _atomic_write(paths["metrics"], dump(metrics))
+  _atomic_write(paths["csv"], to_csv(report))
+  _atomic_write(paths["protocol"], dump(report["protocol"]))
+  _atomic_write(paths["details"], dump(report.get("details", {})))
+  return paths
+
+
+def rich_table(report: Mapping[str, Any], title: str | None = None):
+  """A rich Table of per-class values (x100, 2 decimals) and the mean."""
+  from rich.table import Table  # pylint: disable=g-import-not-at-top
+  keys = [k for k in protocols.ALL_METRICS
+          if k in report["protocol"].get("metrics", protocols.ALL_METRICS)]
+  table = Table(title=title or f"protocol: {report['protocol']['name']}")
+  table.add_column("class")
+  for key in keys:
+    table.add_column(key.replace("_", " "), justify="right")
+  fmt = lambda v: "-" if v is None else f"{100 * v:.2f}"
+  for name, vals in report["per_class"].items():
+    table.add_row(name, *[fmt(vals[k]) for k in keys])
+  table.add_section()
+  table.add_row("mean", *[fmt(report["mean"][k]) for k in keys])
+  return table

@@ -1,0 +1,146 @@
+"""`moeclip-jax calibrate`: thresholds + per-class statistics for predict.
+
+From normal images only (a folder, no labels): the (1 - fpr) quantile of
+their fused scores. From a labelled dataset: the F1-optimal threshold
+(--f1) or the threshold reaching a target false-positive rate (--fpr).
+The statistics and thresholds go to CHECKPOINT/calibration.json, which
+`predict --threshold auto` reads.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import numpy as np
+
+from moeclip_jax.methods.moeclip import maps
+from moeclip_jax.utils import images as image_utils
+from moeclip_jax.verbs import calibration
+from moeclip_jax.verbs import common
+from moeclip_jax.verbs import inference
+
+log = logging.getLogger("moeclip_jax.verbs")
+
+EXAMPLES = """
+  moeclip-jax calibrate --checkpoint runs/tiny/detector --normal good/ \\
+      --class-name bottle --fpr 0.01
+  moeclip-jax calibrate --checkpoint runs/tiny/detector --dataset mvtec \\
+      --root /data/mvtec --f1
+"""
+
+
+def build_parser():
+  p = common.parser("moeclip-jax calibrate", __doc__.split("\n\n")[0],
+                    EXAMPLES)
+  p.add_argument("--checkpoint", required=True, help="detector folder")
+  src = p.add_mutually_exclusive_group(required=True)
+  src.add_argument("--normal", nargs="+", help="normal images / folders")
+  src.add_argument("--dataset", help="labelled dataset layout (e.g. mvtec)")
+  p.add_argument("--root", help="dataset root (with --dataset)")
+  p.add_argument("--split", default="test", help="dataset split (or 'all')")
+  p.add_argument("--class-name", default=None,
+                 help="class of the --normal images (default: '*', any)")
+  p.add_argument("--class-names", nargs="*", help="dataset classes to use")
+  rule = p.add_mutually_exclusive_group()
+  rule.add_argument("--fpr", type=float, default=0.01,
+                    help="target false-positive rate (default 0.01)")
+  rule.add_argument("--f1", action="store_true",
+                    help="F1-optimal threshold (labelled data only)")
+  p.add_argument("--domain", default=None, help="industrial | medical")
+  p.add_argument("--dataset-prompts", default=None,
+                 help="dataset whose prompt nouns to use")
+  p.add_argument("--batch-size", type=int, default=8)
+  p.add_argument("--replace", action="store_true",
+                 help="drop classes calibrated earlier")
+  return p
+
+
+def _from_normal(detector, args, domain):
+  paths, problems = common.list_images(args.normal)
+  images = []
+  for path in paths:
+    try:
+      images.append(image_utils.load_rgb(path))
+    except (ValueError, FileNotFoundError) as err:
+      problems.append(str(err))
+  for problem in problems:
+    log.warning("calibrate: skipped %s", problem)
+  if not images:
+    raise ValueError(f"no readable images in {args.normal}")
+  name = args.class_name or calibration.ANY_CLASS
+  prompt_class = args.class_name or "object"
+  raw_maps, scores = inference.predict_images(
+      detector, images, prompt_class, domain, args.dataset_prompts,
+      args.batch_size, desc="calibrate")
+  entry = calibration.calibrate_class(raw_maps, scores, domain, "quantile",
+                                      args.fpr)
+  return {name: entry}, {"kind": "normal", "inputs": list(args.normal),
+                         "skipped": problems}
+
+
+def _from_dataset(detector, args, domain):
+  if args.root is None and args.dataset != "elpv":
+    raise ValueError("--dataset needs --root")
+  spec = inference.DatasetSpec(args.dataset, args.root, args.split,
+                               common.parse_class_names(args.class_names))
+  pred = inference.predict_records(detector, inference.scan_records(spec),
+                                   domain, args.batch_size,
+                                   args.dataset_prompts)
+  rule = "f1" if args.f1 else "fpr"
+  classes = {}
+  for cid, name in enumerate(pred["class_names"]):
+    sel = pred["class_ids"] == cid
+    masks = pred["masks"][sel] if pred["has_mask"][sel].any() else None
+    classes[name] = calibration.calibrate_class(
+        pred["maps"][sel], pred["image_scores"][sel], domain, rule, args.fpr,
+        labels=pred["labels"][sel], masks=masks)
+  return classes, {"kind": "dataset", "dataset": args.dataset,
+                   "root": args.root, "split": args.split}
+
+
+def run(args) -> dict:
+  """Calibrates and writes calibration.json; returns its content."""
+  import moeclip_jax  # pylint: disable=g-import-not-at-top
+  common.add_log_file(args.checkpoint, "calibrate")
+  detector = moeclip_jax.load_detector(args.checkpoint)
+  domain = maps.canonical_domain(args.domain or detector.default_domain)
+  build = _from_normal if args.normal else _from_dataset
+  classes, source = build(detector, args, domain)
+  result = {"format": calibration.FORMAT, "domain": domain,
+            "rule": "f1" if args.f1 else ("quantile" if args.normal
+                                          else "fpr"),
+            "fpr": None if args.f1 else args.fpr, "source": source,
+            "classes": classes}
+  path = calibration.save(args.checkpoint, result, merge=not args.replace)
+  _print_table(classes)
+  log.info("calibration written to %s", path)
+  print(f"wrote {path}")
+  return result
+
+
+def _print_table(classes: dict) -> None:
+  from rich.table import Table  # pylint: disable=g-import-not-at-top
+  table = Table(title="calibration")
+  for col in ("class", "images", "anomalous", "threshold", "map threshold",
+              "score min..max", "map min..max"):
+    table.add_column(col, justify="left" if col == "class" else "right")
+  for name, e in classes.items():
+    table.add_row(name, str(e["num_images"]), str(e["num_anomalous"]),
+                  f"{e['threshold']:.4g}", f"{e['map_threshold']:.4g}",
+                  f"{e['score_min']:.3g}..{e['score_max']:.3g}",
+                  f"{e['map_min']:.3g}..{e['map_max']:.3g}")
+  common.console().print(table)
+
+
+def main(argv=None) -> int:
+  args = build_parser().parse_args(argv)
+  if args.f1 and args.normal:
+    print("error: --f1 needs a labelled --dataset", file=sys.stderr)
+    return 2
+  try:
+    run(args)
+  except (ValueError, FileNotFoundError, KeyError) as err:
+    print(f"error: {err}", file=sys.stderr)
+    return 2
+  return 0

@@ -1,0 +1,103 @@
+"""Helpers every verb shares: log file, TensorBoard, image lists, console.
+
+Log file: `<out>/<verb>.log` (INFO and above of the `moeclip_jax` logger).
+TensorBoard scalars go through tensorboardX only (never TensorFlow).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import pathlib
+from typing import Iterable, Sequence
+
+log = logging.getLogger("moeclip_jax.verbs")
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def parser(prog: str, description: str, examples: str
+           ) -> argparse.ArgumentParser:
+  """An argparse parser whose --help ends with the verb's examples."""
+  return argparse.ArgumentParser(
+      prog=prog, description=description,
+      epilog="examples:\n" + examples.strip("\n"),
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def add_log_file(out_dir, verb: str) -> pathlib.Path:
+  """Appends INFO logs of `moeclip_jax` to `<out_dir>/<verb>.log`."""
+  out_dir = pathlib.Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  path = out_dir / f"{verb}.log"
+  quiet_console()
+  root = logging.getLogger("moeclip_jax")
+  if not any(getattr(h, "baseFilename", None) == str(path.absolute())
+             for h in root.handlers):
+    handler = logging.FileHandler(path)
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    root.addHandler(handler)
+  root.setLevel(logging.INFO)
+  return path
+
+
+def quiet_console() -> None:
+  """Console shows warnings only (INFO goes to the log file): installs a
+  WARNING stderr handler on the root logger before anyone's basicConfig."""
+  root = logging.getLogger()
+  if not root.handlers:
+    handler = logging.StreamHandler()
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    root.addHandler(handler)
+
+
+def tensorboard_scalars(log_dir, scalars: dict, step: int = 0) -> None:
+  """Writes finite scalars (TensorBoard event file) with tensorboardX."""
+  import tensorboardX  # pylint: disable=g-import-not-at-top
+  writer = tensorboardX.SummaryWriter(str(log_dir))
+  try:
+    for key, value in scalars.items():
+      if value is not None:
+        writer.add_scalar(key, float(value), step)
+  finally:
+    writer.close()
+
+
+def console():
+  from rich.console import Console  # pylint: disable=g-import-not-at-top
+  return Console(stderr=True)
+
+
+def progress(iterable: Iterable, desc: str, total: int | None = None):
+  """tqdm progress bar (silent when stderr is not a terminal)."""
+  import tqdm  # pylint: disable=g-import-not-at-top
+  return tqdm.tqdm(iterable, desc=desc, total=total, disable=None)
+
+
+def list_images(inputs: Sequence[str]) -> tuple[list[pathlib.Path],
+                                                  list[str]]:
+  """Files (and image files found recursively under folders), sorted.
+
+  Returns:
+    (paths, problems): paths that do not exist are listed in `problems`.
+  """
+  paths, problems = [], []
+  for item in inputs:
+    p = pathlib.Path(item)
+    if p.is_dir():
+      paths += sorted(f for f in p.rglob("*") if f.is_file()
+                      and f.suffix.lower() in IMAGE_SUFFIXES)
+    elif p.is_file():
+      paths.append(p)
+    else:
+      problems.append(f"{p}: no such file or folder")
+  return paths, problems
+
+
+def parse_class_names(values: Sequence[str] | None) -> list[str] | None:
+  """--class-names a b,c -> [a, b, c] (None when not given)."""
+  if not values:
+    return None
+  return [n for v in values for n in v.split(",") if n]

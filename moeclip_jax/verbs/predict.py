@@ -1,0 +1,189 @@
+"""`moeclip-jax predict`: anomaly maps and decisions for images, no labels.
+
+Per readable image: OUT/overlays/<name>.png ([original | heatmap |
+thresholded contour]), optionally OUT/maps/<name>.npy (the raw map at the
+image's size), and one line of OUT/predictions.jsonl:
+  {"path", "score", "is_anomalous", "threshold", "threshold_source",
+   "class_name", "raw_score", "max_map", "overlay"}
+Unreadable files go to OUT/unreadable.txt (and the log); they never stop
+the run.
+
+Scores: with calibration statistics for the class (from `calibrate`) the
+score is MoECLIP's fused score; without them it is the detector's raw image
+score (det . t_abn + 1) / 2, and the contour uses the per-image min-max map.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pathlib
+import sys
+from typing import Any, Sequence
+
+import numpy as np
+
+from moeclip_jax.methods.moeclip import maps
+from moeclip_jax.utils import images as image_utils
+from moeclip_jax.utils import io
+from moeclip_jax.verbs import calibration
+from moeclip_jax.verbs import common
+from moeclip_jax.verbs import inference
+from moeclip_jax.verbs import overlay
+
+log = logging.getLogger("moeclip_jax.verbs")
+PREDICTIONS_FILE = "predictions.jsonl"
+DEFAULT_MAP_THRESHOLD = 0.5  # on per-image min-max maps, uncalibrated
+
+EXAMPLES = """
+  moeclip-jax predict photo.png --checkpoint runs/tiny/detector --out pred/
+  moeclip-jax predict images/ more.jpg --checkpoint ckpt --class-name bottle \\
+      --threshold auto --save-maps --out pred/
+  moeclip-jax predict images/ --checkpoint ckpt --threshold 0.62 --out pred/
+"""
+
+
+def build_parser():
+  p = common.parser("moeclip-jax predict", __doc__.split("\n\n")[0],
+                    EXAMPLES)
+  p.add_argument("inputs", nargs="+", help="image files and/or folders")
+  p.add_argument("--checkpoint", required=True, help="detector folder")
+  p.add_argument("--out", required=True, help="output folder")
+  p.add_argument("--class-name", default="object",
+                 help="class (prompt noun lookup; default generic 'object')")
+  p.add_argument("--threshold", default="auto",
+                 help="'auto' (calibration.json) or a number")
+  p.add_argument("--domain", default=None, help="industrial | medical")
+  p.add_argument("--dataset-prompts", default=None,
+                 help="dataset whose prompt nouns to use")
+  p.add_argument("--save-maps", action="store_true", help="write .npy maps")
+  p.add_argument("--batch-size", type=int, default=8)
+  return p
+
+
+def resolve_threshold(spec: str, entry: dict | None) -> tuple[float | None,
+                                                               str]:
+  """(threshold or None, source) from --threshold and a calibration entry."""
+  if spec != "auto":
+    try:
+      return float(spec), "user"
+    except ValueError:
+      raise ValueError(f"--threshold must be 'auto' or a number, got {spec!r}"
+                       ) from None
+  if entry is None:
+    return None, "none (uncalibrated: run `moeclip-jax calibrate`)"
+  return float(entry["threshold"]), "calibration"
+
+
+def read_images(paths: Sequence[pathlib.Path]):
+  """(readable [(path, uint8 image)], unreadable ["path: reason"])."""
+  good, bad = [], []
+  for path in common.progress(paths, "read", total=len(paths)):
+    try:
+      good.append((path, image_utils.load_rgb(path)))
+    except (ValueError, FileNotFoundError) as err:
+      bad.append(str(err))
+  return good, bad
+
+
+def _unique_stem(path: pathlib.Path, used: set) -> str:
+  stem = f"{path.parent.name}_{path.stem}" if path.parent.name else path.stem
+  name, k = stem, 1
+  while name in used:
+    name, k = f"{stem}_{k}", k + 1
+  used.add(name)
+  return name
+
+
+def score_images(raw_maps, raw_scores, entry, domain):
+  """(maps in [0, 1] for display [N, S, S], scores [N], map thresholds [N])."""
+  if entry is not None:
+    maps_n, fused = calibration.fused_score(raw_maps, raw_scores, entry,
+                                            domain)
+    shown = np.clip(maps_n, 0.0, 1.0)
+    return shown, fused, np.full(len(fused), entry["map_threshold"])
+  shown = np.stack([overlay.normalise_for_display(m) for m in raw_maps]) \
+      if len(raw_maps) else raw_maps
+  return shown, np.asarray(raw_scores), np.full(len(raw_scores),
+                                                DEFAULT_MAP_THRESHOLD)
+
+
+def _write_one(out, name, path, image, raw_map, shown, score, raw_score,
+               map_thr, threshold, source, class_name, save_maps) -> dict:
+  panel = overlay.panels(image, shown, float(map_thr))
+  png = overlay.save_png(out / "overlays" / f"{name}.png", panel)
+  if save_maps:
+    full = overlay.resize_map(raw_map, image.shape[:2])
+    np.save(out / "maps" / f"{name}.npy", full)
+  return {"path": str(path), "score": float(score),
+          "is_anomalous": None if threshold is None
+          else bool(score >= threshold),
+          "threshold": threshold, "threshold_source": source,
+          "class_name": class_name, "raw_score": float(raw_score),
+          "max_map": float(np.max(raw_map)), "overlay": str(png)}
+
+
+def predict_paths(detector, inputs: Sequence[str], out, class_name: str,
+                  threshold: str = "auto", domain: str | None = None,
+                  dataset_prompts: str | None = None, save_maps=False,
+                  batch_size: int = 8) -> dict[str, Any]:
+  """Runs predict and writes every output; returns a summary dict."""
+  out = pathlib.Path(out)
+  if save_maps:
+    (out / "maps").mkdir(parents=True, exist_ok=True)
+  domain = maps.canonical_domain(domain or detector.default_domain)
+  entry = calibration.entry_for(
+      calibration.load(detector.checkpoint_dir), class_name)
+  thr, source = resolve_threshold(threshold, entry)
+  paths, unreadable = common.list_images(inputs)
+  loaded, bad = read_images(paths)
+  unreadable += bad
+  raw_maps, raw_scores = inference.predict_images(
+      detector, [im for _, im in loaded], class_name, domain,
+      dataset_prompts, batch_size)
+  shown, scores, map_thr = score_images(raw_maps, raw_scores, entry, domain)
+  used, lines = set(), []
+  for i, (path, image) in enumerate(common.progress(loaded, "overlays")):
+    lines.append(_write_one(out, _unique_stem(path, used), path, image,
+                            raw_maps[i], shown[i], scores[i], raw_scores[i],
+                            map_thr[i], thr, source, class_name, save_maps))
+  io.write_text(out / PREDICTIONS_FILE,
+                "".join(json.dumps(line) + "\n" for line in lines))
+  io.write_text(out / "unreadable.txt", "".join(u + "\n" for u in unreadable))
+  for problem in unreadable:
+    log.warning("predict: unreadable %s", problem)
+  return {"predictions": lines, "unreadable": unreadable,
+          "threshold": thr, "threshold_source": source}
+
+
+def _print_summary(summary: dict) -> None:
+  from rich.table import Table  # pylint: disable=g-import-not-at-top
+  table = Table(title=f"threshold {summary['threshold']} "
+                      f"({summary['threshold_source']})")
+  for col in ("image", "score", "anomalous"):
+    table.add_column(col)
+  for line in summary["predictions"][:50]:
+    table.add_row(pathlib.Path(line["path"]).name, f"{line['score']:.4f}",
+                  str(line["is_anomalous"]))
+  common.console().print(table)
+  if summary["unreadable"]:
+    common.console().print(f"{len(summary['unreadable'])} unreadable file(s)"
+                           " listed in unreadable.txt")
+
+
+def main(argv=None) -> int:
+  args = build_parser().parse_args(argv)
+  import moeclip_jax  # pylint: disable=g-import-not-at-top
+  try:
+    common.add_log_file(args.out, "predict")
+    detector = moeclip_jax.load_detector(args.checkpoint)
+    summary = predict_paths(detector, args.inputs, args.out, args.class_name,
+                            args.threshold, args.domain, args.dataset_prompts,
+                            args.save_maps, args.batch_size)
+  except (ValueError, FileNotFoundError, KeyError) as err:
+    print(f"error: {err}", file=sys.stderr)
+    return 2
+  _print_summary(summary)
+  print(f"wrote {len(summary['predictions'])} predictions to "
+        f"{pathlib.Path(args.out) / PREDICTIONS_FILE}")
+  return 0

@@ -1,0 +1,136 @@
+"""`moeclip-jax` verbs on the reduced demo's detector: eval, calibrate ->
+predict --threshold auto, export equality, help texts."""
+
+import json
+import pathlib
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import cli_fixtures
+from moeclip_jax import cli
+from moeclip_jax.verbs import calibration
+from moeclip_jax.verbs import overlay
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+  return cli_fixtures.demo_result(tmp_path_factory)
+
+
+@pytest.fixture()
+def checkpoint(demo, tmp_path):
+  """A private copy of the demo detector (tests write calibration.json)."""
+  dst = tmp_path / "detector"
+  shutil.copytree(demo["detector"], dst)
+  (dst / calibration.FILE).unlink(missing_ok=True)
+  return dst
+
+
+def test_top_level_help_lists_every_verb(capsys):
+  assert cli.main(["--help"]) == 0
+  text = capsys.readouterr().out
+  for verb in ("train", "eval", "predict", "calibrate", "convert", "data",
+               "embed", "metrics", "export", "demo"):
+    assert f"  {verb} " in text, verb
+  assert cli.main(["nope"]) == 2
+
+
+@pytest.mark.parametrize("verb", ["eval", "predict", "calibrate", "export",
+                                  "demo"])
+def test_verb_help_has_examples(verb, capsys):
+  with pytest.raises(SystemExit) as exc:
+    cli.main([verb, "--help"])
+  assert exc.value.code == 0
+  text = capsys.readouterr().out
+  assert "examples:" in text and f"moeclip-jax {verb}" in text
+
+
+def test_eval_writes_reports_overlays_log_and_tensorboard(demo, tmp_path):
+  out = tmp_path / "eval"
+  rc = cli.main(["eval", "--checkpoint", str(demo["detector"]), "--dataset",
+                 "mvtec", "--root", str(cli_fixtures.target_root(demo)),
+                 "--protocol", "raw", "--overlays", "2", "--out", str(out)])
+  assert rc == 0
+  metrics = json.loads((out / "metrics.json").read_text())
+  assert metrics["protocol"]["name"] == "raw"
+  assert metrics["counts"]["num_images"] == demo["opts"].images  # no padding
+  assert np.isfinite(metrics["mean"]["pixel_auroc"])
+  assert metrics["protocol"]["checkpoint_hash"]
+  for name in ("metrics.csv", "protocol.json", "details.json", "eval.log"):
+    assert (out / name).is_file(), name
+  assert len(list((out / "overlays").rglob("*.png"))) == 2
+  assert list((out / "tb").glob("events.out.tfevents.*"))
+
+
+def test_calibrate_then_predict_auto_uses_stored_threshold(
+    demo, checkpoint, tmp_path):
+  normal = cli_fixtures.target_root(demo) / "poly" / "train" / "good"
+  assert cli.main(["calibrate", "--checkpoint", str(checkpoint), "--normal",
+                   str(normal), "--class-name", "poly", "--fpr", "0.5"]) == 0
+  stored = json.loads((checkpoint / calibration.FILE).read_text())
+  entry = stored["classes"]["poly"]
+  assert entry["num_images"] == len(list(normal.glob("*.png")))
+  assert entry["map_max"] >= entry["map_min"]
+  bad = tmp_path / "broken.png"
+  bad.write_bytes(b"not an image")
+  images = cli_fixtures.target_test_images(demo)[:5]
+  out = tmp_path / "pred"
+  assert cli.main(["predict", *map(str, images), str(bad), "--checkpoint",
+                   str(checkpoint), "--class-name", "poly", "--threshold",
+                   "auto", "--save-maps", "--out", str(out)]) == 0
+  rows = [json.loads(l) for l in
+          (out / "predictions.jsonl").read_text().splitlines()]
+  assert len(rows) == len(images)
+  for row in rows:
+    assert row["threshold"] == entry["threshold"]
+    assert row["threshold_source"] == "calibration"
+    assert row["is_anomalous"] == (row["score"] >= entry["threshold"])
+  assert "broken.png" in (out / "unreadable.txt").read_text()
+  # The overlay differs from the input where the map is high.
+  row = rows[0]
+  with Image.open(row["overlay"]) as im:
+    panel = np.asarray(im.convert("RGB")).astype(int)
+  left, heat, _ = (panel[:, s] for s in overlay.panel_slices(panel.shape[1]))
+  amap = np.load(out / "maps" / (pathlib.Path(row["overlay"]).stem + ".npy"))
+  assert amap.shape == left.shape[:2]
+  high = amap >= np.quantile(amap, 0.9)
+  assert np.abs(heat - left).sum(-1)[high].mean() > 10
+
+
+def test_predict_with_a_user_threshold_and_no_calibration(
+    demo, checkpoint, tmp_path):
+  image = cli_fixtures.target_test_images(demo)[0]
+  out = tmp_path / "pred"
+  assert cli.main(["predict", str(image), "--checkpoint", str(checkpoint),
+                   "--threshold", "0.25", "--out", str(out)]) == 0
+  row = json.loads((out / "predictions.jsonl").read_text())
+  assert row["threshold"] == 0.25 and row["threshold_source"] == "user"
+  assert cli.main(["predict", str(image), "--checkpoint", str(checkpoint),
+                   "--out", str(out)]) == 0
+  row = json.loads((out / "predictions.jsonl").read_text())
+  assert row["threshold"] is None and row["is_anomalous"] is None
+
+
+def test_export_output_equals_live_detector(demo, tmp_path):
+  import moeclip_jax
+  from moeclip_jax.verbs import export
+  out = tmp_path / "exported"
+  assert cli.main(["export", "--checkpoint", str(demo["detector"]),
+                   "--class-names", "poly", "--out", str(out)]) == 0
+  loaded = export.load_exported(out)
+  live = moeclip_jax.load_detector(demo["detector"])
+  rng = np.random.default_rng(0)
+  size = live.image_size
+  for batch in (3, 5):  # one serialized function, symbolic batch
+    images = rng.integers(0, 256, (batch, size, size, 3), np.uint8)
+    got = loaded.predict(images, "poly")
+    want = live.predict(images, "poly")
+    np.testing.assert_allclose(got["anomaly_map"], want["anomaly_map"],
+                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(got["image_score"], want["image_score"],
+                               rtol=1e-6, atol=1e-6)
+  with pytest.raises(KeyError, match="not exported"):
+    loaded.predict(images, "unknown-class")
