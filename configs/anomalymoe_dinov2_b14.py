@@ -4,7 +4,8 @@ Command (official DINOv2 weights, or a HF Dinov2WithRegistersModel folder):
   python -m moeclip_jax.convert hf-dinov2 \
       --src dinov2_vitb14_reg4_pretrain.pth --dst ckpt/dinov2reg_b14
   python -m moeclip_jax.train --config configs/anomalymoe_dinov2_b14.py \
-      --workdir runs/anomalymoe --config.backbone.checkpoint=ckpt/dinov2reg_b14 \
+      --workdir runs/anomalymoe \
+      --config.backbone.checkpoint=ckpt/dinov2reg_b14 \
       --config.data.name=mvtec --config.data.root=/data/mvtec_ad
 
 Official released weights (`model_final.pth`) convert directly:

@@ -74,6 +74,11 @@ def get_config(arg=None):
   c.eval = ml_collections.ConfigDict()
   c.eval.protocol = "raw"
   c.eval.map_size = 74              # 518 / 7: bounds held-out eval memory
+  # Choosing checkpoints on the TARGET set is not zero-shot: off unless asked
+  # (then logged as a warning at every evaluation).
+  c.eval.select_on_target = False
+  c.eval.target = ml_collections.ConfigDict(
+      {"name": "", "root": "", "split": "test", "options": {}})
   c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1,
                                       "expert": 1})
   c.tensorboard = True

@@ -1,4 +1,4 @@
-"""`python -m moeclip_jax.calibrate` (same as `moeclip-jax calibrate`); see verbs/calibrate.py."""
+"""`python -m moeclip_jax.calibrate`, same as `moeclip-jax calibrate`."""
 
 import sys
 

@@ -1,4 +1,4 @@
-"""`python -m moeclip_jax.demo` (same as `moeclip-jax demo`); see verbs/demo.py."""
+"""`python -m moeclip_jax.demo`, same as `moeclip-jax demo`."""
 
 import sys
 

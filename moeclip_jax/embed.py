@@ -58,28 +58,21 @@ def run_batched(fn, inputs: np.ndarray, batch_size: int, desc: str) -> dict:
   return {k: np.concatenate(v, 0) for k, v in parts.items()}
 
 
-def embed_images(module, params, pixels, layers, batch_size):
+def embed(module, params, inputs, layers, batch_size, *, method, prefix):
+  """Runs one tower (`method`: module.encode_image / encode_text) jitted.
+
+  `prefix` = (name of the embeddings key, prefix of the hidden-state keys).
+  """
+  embeds_key, hidden_prefix = prefix
+
   @jax.jit
   def fn(x):
-    out = module.apply({"params": params}, x, layers=layers,
-                       method=module.encode_image)
-    res = {"image_embeds": out["pooled"]}
-    res.update({f"hidden_{i}": h for i, h in out["hidden"].items()})
+    out = module.apply({"params": params}, x, layers=layers, method=method)
+    res = {embeds_key: out["pooled"]}
+    res.update({f"{hidden_prefix}hidden_{i}": h for i, h in out["hidden"].items()})
     return res
 
-  return run_batched(fn, pixels, batch_size, "images")
-
-
-def embed_texts(module, params, ids, layers, batch_size):
-  @jax.jit
-  def fn(x):
-    out = module.apply({"params": params}, x, layers=layers,
-                       method=module.encode_text)
-    res = {"text_embeds": out["pooled"]}
-    res.update({f"text_hidden_{i}": h for i, h in out["hidden"].items()})
-    return res
-
-  return run_batched(fn, ids, batch_size, "texts")
+  return run_batched(fn, inputs, batch_size, embeds_key.split("_")[0] + "s")
 
 
 def _load_pixels(args, config) -> np.ndarray | None:
@@ -144,11 +137,14 @@ def main(argv=None) -> int:
     ids = _load_ids(args, config, tokenizer)
     result = {}
     if pixels is not None:
-      result.update(embed_images(module, params, pixels, layers, args.batch_size))
+      result.update(embed(module, params, pixels, layers, args.batch_size,
+                          method=module.encode_image,
+                          prefix=("image_embeds", "")))
     if ids is not None:
       text_layers = parse_layers(args.text_layers)
-      result.update(embed_texts(module, params, ids, text_layers,
-                                args.batch_size))
+      result.update(embed(module, params, ids, text_layers, args.batch_size,
+                          method=module.encode_text,
+                          prefix=("text_embeds", "text_")))
   except (FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -1,4 +1,4 @@
-"""`python -m moeclip_jax.export` (same as `moeclip-jax export`); see verbs/export.py."""
+"""`python -m moeclip_jax.export`, same as `moeclip-jax export`."""
 
 import sys
 

@@ -1,4 +1,4 @@
-"""`python -m moeclip_jax.predict` (same as `moeclip-jax predict`); see verbs/predict.py."""
+"""`python -m moeclip_jax.predict`, same as `moeclip-jax predict`."""
 
 import sys
 

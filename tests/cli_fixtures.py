@@ -12,7 +12,7 @@ import pathlib
 _CACHE: dict = {}
 
 REDUCED = dict(steps=3, images=8, cell_size=48, image_size=32,
-               batch_size=8)
+               batch_size=8, baseline=False)
 
 
 def demo_result(tmp_path_factory) -> dict:

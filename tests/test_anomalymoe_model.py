@@ -196,7 +196,40 @@ def _micro_config():
       test_fusion=((0, 1),))
 
 
-@pytest.mark.parametrize("ways", [2, pytest.param(6, marks=pytest.mark.slow)])
+def test_expert_parallel_forward_matches_single_device():
+  config = _micro_config()
+  batch = _tiny_batch(config)
+  module = model_lib.AnomalyMoE(config)
+  s = config.image_size
+  params = dict(nn.unbox(jax.jit(lambda k: module.init(
+      k, jnp.zeros((1, s, s, 3)), jnp.zeros((1, s, s, 3)),
+      jnp.zeros((1, 1, s, s))))(jax.random.key(0))["params"]))
+  state = training.TrainState(0, params, params.pop("encoder"), None, None,
+                              None)
+
+  def forward(params, frozen):
+    out = module.apply({"params": {**params, "encoder": frozen}},
+                       batch["images"], batch["images_ae"],
+                       batch["component_masks"], batch["component_valid"])
+    return {k: out[k] for k in ("routing_weights", "de_maps", "ae_out",
+                                "student_out", "component_recon")}
+
+  ref = jax.jit(forward)(state.params, state.frozen)
+  devices = np.array(jax.devices()[:2]).reshape(1, 1, 1, 2)
+  mesh = jax.sharding.Mesh(devices, rules.MESH_AXES)
+  params = _shardings(mesh, config, state)
+  leaf = params["global_experts"]["student_12"]["kernel"]
+  assert leaf.sharding.spec[0] == "expert"
+  with mesh, nn.logical_axis_rules(rules.DEFAULT_RULES):
+    out = jax.jit(forward)(params, state.frozen)
+  for key in ref:
+    scale = float(np.abs(ref[key]).max())
+    np.testing.assert_allclose(out[key], ref[key], rtol=1e-5,
+                               atol=1e-6 * max(scale, 1.0), err_msg=key)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ways", [2, 6])
 def test_expert_parallel_train_step_matches_single_device(ways):
   config = _micro_config()
   batch = _tiny_batch(config)
@@ -224,6 +257,7 @@ def test_expert_parallel_train_step_matches_single_device(ways):
       new_state.params, ref_state.params)
 
 
+@pytest.mark.slow
 def test_method_seam_loss_and_predict():
   import importlib.util  # pylint: disable=g-import-not-at-top
   import pathlib  # pylint: disable=g-import-not-at-top

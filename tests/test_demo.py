@@ -87,6 +87,7 @@ def test_demo_default_setting_runs(tmp_path, monkeypatch):
   from moeclip_jax import cli
   monkeypatch.chdir(tmp_path)
   assert cli.main(["demo"]) == 0
-  metrics = json.loads((tmp_path / "moeclip_demo" / "metrics.json")
-                       .read_text())
+  out = tmp_path / "moeclip_demo"
+  metrics = json.loads((out / "metrics.json").read_text())
   assert math.isfinite(metrics["mean"]["image_auroc"])
+  assert "untrained adapters (step 0)" in (out / "report.md").read_text()

@@ -16,6 +16,7 @@ import pytest
 
 import inctrl_golden_utils as G
 from moeclip_jax.convert import inctrl_official
+from moeclip_jax.methods.inctrl import detector
 from moeclip_jax.methods.inctrl import model as M
 from moeclip_jax.methods.inctrl import text as inctrl_text
 from moeclip_jax.models import clip_config
@@ -105,3 +106,25 @@ def test_full_pipeline_with_cached_text(setup):
   G.assert_close("text_score", aux["text_score"], z["text_score"], tol)
   cache(str(z["class_name"]))
   assert cache.encode_calls == 1
+
+
+@pytest.mark.slow
+def test_converted_spec_file_through_the_detector(golden_dir, tmp_path):
+  """make_weights file (.safetensors) -> convert -> detector -> final score."""
+  mw = G.load_make_weights(golden_dir)
+  src = tmp_path / "inctrl_img240.safetensors"
+  assert mw.main([str(golden_dir / G.SPEC), str(src)]) == 0
+  out = inctrl_official.convert_inctrl_official(src, tmp_path / "ckpt")
+  src.unlink()
+  det = detector.load(out)
+  assert det.model.feature_layers == (6, 8, 10)
+  z, tol = G.fixture(golden_dir), G.tolerances(golden_dir)
+  pixels = z["images"].transpose(0, 2, 3, 1)
+  det.set_prompts(pixels[1:])
+  result = det.predict(pixels[:1], str(z["class_name"]))
+  G.assert_close("final_score", result["image_score"], z["final_score"], tol)
+  assert result["anomaly_map"].shape == (1, 240, 240)
+  # uint8 input goes through the official preprocessing (identity at 240).
+  det.set_prompts(z["images_uint8"][1:])
+  again = det.predict(z["images_uint8"][:1], str(z["class_name"]))
+  G.assert_close("final_score", again["image_score"], z["final_score"], tol)

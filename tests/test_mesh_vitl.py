@@ -58,6 +58,7 @@ def test_every_spec_divides_vitl(name, vitl):
                                          name))
   assert mesh.devices.size == 8
   assert partition.check_divisible(abstract, mesh) == []
+  assert partition.unruled_names(abstract) == []
   specs = dict(tree_utils.flatten_with_names(
       jax.tree.map(lambda s: s.spec, partition.logical_shardings(
           abstract, mesh), is_leaf=lambda x: isinstance(

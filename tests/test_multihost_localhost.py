@@ -42,6 +42,7 @@ def data_root(tmp_path_factory):
   return tf.synthetic_mvtec(tmp_path_factory.mktemp("syn") / "mvtec")
 
 
+@pytest.mark.slow  # three trainer processes: ~80 CPU-seconds
 def test_two_processes_match_one(tmp_path, data_root):
   port = _free_port()
   procs = [

@@ -98,3 +98,17 @@ def test_learning_raises_holdout_pixel_auroc(tmp_path, tmp_path_factory):
   after = evaluator.evaluate_holdout(run, 200)["mean"]["pixel_auroc"]
   run.manager.wait_until_finished()
   assert after > before + 0.2 and after > 0.85, (before, after)
+
+
+def test_target_set_only_behind_explicit_logged_flag(tmp_path, data_root,
+                                                     caplog):
+  config = tf.tiny_config(data_root, total_steps=2, log_every=1, ckpt_every=2,
+                          eval_every=2)
+  config.eval.target.name, config.eval.target.root = "mvtec", data_root
+  run = loop.train(config, tmp_path / "off")
+  assert not any(k.startswith("target/") for h in run.history for k in h)
+  config.eval.select_on_target = True
+  with caplog.at_level("WARNING", logger="moeclip_jax.train"):
+    run = loop.train(config, tmp_path / "on")
+  assert any(k.startswith("target/") for h in run.history for k in h)
+  assert "not zero-shot" in caplog.text

@@ -6,7 +6,8 @@ Meant for 8 devices (data 2 x tensor 4); the -1 axis takes what is left on
 other device counts (see moeclip_jax/sharding/presets.py).
 
 As a config file (base config after the colon, default moeclip_vitl14_336):
-  python -m moeclip_jax.train --config configs/mesh/tensor_parallel.py:moeclip_tiny \
+  python -m moeclip_jax.train \
+      --config configs/mesh/tensor_parallel.py:moeclip_tiny \
       --workdir runs/tiny_tensor_parallel --config.data.root=DIR
 From Python: `apply(config)` edits a config in place.
 """

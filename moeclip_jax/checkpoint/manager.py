@@ -8,16 +8,17 @@ on preemption.
 
 from __future__ import annotations
 
-import pathlib
 from typing import Any
 
 import orbax.checkpoint as ocp
+
+from moeclip_jax.checkpoint import paths
 
 
 def make_manager(workdir, *, save_interval_steps: int = 1000,
                  max_to_keep: int = 3, async_save: bool = True
                  ) -> ocp.CheckpointManager:
-  directory = pathlib.Path(str(workdir)).absolute() / "ckpt"
+  directory = paths.checkpoint_root(workdir) / "ckpt"  # local or gs://
   options = ocp.CheckpointManagerOptions(
       save_interval_steps=save_interval_steps, max_to_keep=max_to_keep,
       create=True, enable_async_checkpointing=async_save)

@@ -231,10 +231,10 @@ def convert_anomalymoe_official(checkpoint, dst, overwrite: bool = False):
       overwrite=overwrite)
 
 
-def _run(args) -> int:
-  out = convert_anomalymoe_official(args.checkpoint, args.dst, args.overwrite)
-  print(f"wrote {out}")
-  return 0
+def _run(args):
+  # the convert CLI prints "wrote <out>"
+  return convert_anomalymoe_official(args.checkpoint, args.dst,
+                                     args.overwrite)
 
 
 def register(subparsers) -> None:

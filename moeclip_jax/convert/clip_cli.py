@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import pathlib
 
 from moeclip_jax.convert import clip_convert
@@ -22,29 +21,11 @@ def _tokenizer_dir(explicit, source_dir):
   return tokenize.packaged_tokenizer_dir()
 
 
-def _copy_tokenizer_files(src_dir: pathlib.Path, tmp_root: pathlib.Path):
-  """Only the BPE files travel (not a whole HF folder with weights)."""
-  import shutil  # pylint: disable=g-import-not-at-top
-  import tempfile  # pylint: disable=g-import-not-at-top
-
-  out = pathlib.Path(tempfile.mkdtemp(dir=tmp_root)) / "tokenizer"
-  out.mkdir()
-  for f in tokenize.TOKENIZER_FILES:
-    if not (src_dir / f).is_file():
-      raise FileNotFoundError(f"{src_dir / f}: tokenizer file missing")
-    shutil.copy2(src_dir / f, out / f)
-  return out
-
-
 def write_clip_checkpoint(dst, params, config, meta, tokenizer_dir,
                           overwrite=False):
-  import tempfile  # pylint: disable=g-import-not-at-top
-
-  with tempfile.TemporaryDirectory() as tmp:
-    tok = _copy_tokenizer_files(pathlib.Path(tokenizer_dir), pathlib.Path(tmp))
-    return C.write_params_checkpoint(
-        dst, params, {"method": "clip", "clip": config.to_dict()}, meta,
-        tokenizer_dir=tok, overwrite=overwrite)
+  return C.write_checkpoint_with_tokenizer(
+      dst, params, {"method": "clip", "clip": config.to_dict()}, meta,
+      tokenizer_dir, overwrite)
 
 
 def convert_hf_clip(src, dst, image_size=None, activation=None,

@@ -208,3 +208,24 @@ def read_params_checkpoint(path, abstract=None):
     raise ConversionError(
         f"{params_dir}: checkpoint does not match the model config: {e}"
     ) from e
+
+
+def write_checkpoint_with_tokenizer(dst, params, config, meta, tokenizer=None,
+                                   overwrite: bool = False) -> pathlib.Path:
+  """`write_params_checkpoint` plus only the BPE files of `tokenizer`.
+
+  `tokenizer`: a folder with vocab.json + merges.txt (a HF folder's other
+  files, weights included, are not copied); default: the packaged BPE.
+  """
+  from moeclip_jax.models import tokenize  # pylint: disable=g-import-not-at-top
+
+  src = pathlib.Path(tokenizer or tokenize.packaged_tokenizer_dir())
+  with tempfile.TemporaryDirectory() as tmp:
+    tok = pathlib.Path(tmp) / "tokenizer"
+    tok.mkdir()
+    for name in tokenize.TOKENIZER_FILES:
+      if not (src / name).is_file():
+        raise FileNotFoundError(f"{src / name}: tokenizer file missing")
+      shutil.copy2(src / name, tok / name)
+    return write_params_checkpoint(dst, params, config, meta,
+                                   tokenizer_dir=tok, overwrite=overwrite)

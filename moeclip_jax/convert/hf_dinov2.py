@@ -330,7 +330,7 @@ def load_checkpoint(path):
 # ----------------------------------------------------------------------------
 
 
-def _run(args) -> int:
+def _run(args):
   src = pathlib.Path(args.src)
   fmt = args.format
   if fmt == "auto":
@@ -338,8 +338,8 @@ def _run(args) -> int:
   interp = args.interpolation or ("hf" if fmt == "hf" else "official")
   fn = convert_hf_dinov2 if fmt == "hf" else convert_official_dinov2
   out = fn(src, args.dst, interpolation=interp, overwrite=args.overwrite)
-  print(f"wrote {out} ({fmt} layout, {interp} interpolation)")
-  return 0
+  print(f"{fmt} layout, {interp} interpolation")
+  return out  # the convert CLI prints "wrote <out>"
 
 
 def register(subparsers) -> None:

@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import pathlib
 import re
-import shutil
-import tempfile
 from typing import Mapping
 
 import jax
@@ -42,7 +40,6 @@ from moeclip_jax.convert import clip_keys
 from moeclip_jax.convert import common as C
 from moeclip_jax.methods.inctrl import model as inctrl_model
 from moeclip_jax.models import posemb
-from moeclip_jax.models import tokenize
 
 HEADS = ("diff_head", "diff_head_ref")
 IGNORED = re.compile(
@@ -228,21 +225,8 @@ def convert_inctrl_official(
          "inctrl": {"feature_layers": list(feature_layers),
                     "adapter_reduction": 4,
                     "text_scale": 100.0}}
-  return _write(dst, variables, cfg, meta, tokenizer, overwrite)
-
-
-def _write(dst, variables, cfg, meta, tokenizer, overwrite):
-  """Copies only the BPE files, then writes atomically."""
-  src = pathlib.Path(tokenizer or tokenize.packaged_tokenizer_dir())
-  with tempfile.TemporaryDirectory() as tmp:
-    tok = pathlib.Path(tmp) / "tokenizer"
-    tok.mkdir()
-    for name in tokenize.TOKENIZER_FILES:
-      if not (src / name).is_file():
-        raise FileNotFoundError(f"{src / name}: tokenizer file missing")
-      shutil.copy2(src / name, tok / name)
-    return C.write_params_checkpoint(dst, variables, cfg, meta,
-                                     tokenizer_dir=tok, overwrite=overwrite)
+  return C.write_checkpoint_with_tokenizer(dst, variables, cfg, meta,
+                                          tokenizer, overwrite)
 
 
 def register(subparsers) -> None:

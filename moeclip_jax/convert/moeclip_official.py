@@ -39,8 +39,6 @@ from __future__ import annotations
 
 import pathlib
 import re
-import shutil
-import tempfile
 from typing import Mapping
 
 import numpy as np
@@ -321,25 +319,8 @@ def convert_moeclip_official(
   }
   config = {"method": "moeclip", "clip": ccfg.to_dict(),
             "moeclip": cfg.to_dict()}
-  return write_checkpoint(dst, {**backbone, **adapters}, config, meta,
-                          tokenizer, overwrite)
-
-
-def write_checkpoint(dst, params, config, meta, tokenizer=None,
-                     overwrite=False) -> pathlib.Path:
-  """Copies only the BPE files next to the params, then writes atomically."""
-  from moeclip_jax.models import tokenize  # pylint: disable=g-import-not-at-top
-
-  src = pathlib.Path(tokenizer or tokenize.packaged_tokenizer_dir())
-  with tempfile.TemporaryDirectory() as tmp:
-    tok = pathlib.Path(tmp) / "tokenizer"
-    tok.mkdir()
-    for name in tokenize.TOKENIZER_FILES:
-      if not (src / name).is_file():
-        raise FileNotFoundError(f"{src / name}: tokenizer file missing")
-      shutil.copy2(src / name, tok / name)
-    return C.write_params_checkpoint(dst, params, config, meta,
-                                     tokenizer_dir=tok, overwrite=overwrite)
+  return C.write_checkpoint_with_tokenizer(
+      dst, {**backbone, **adapters}, config, meta, tokenizer, overwrite)
 
 
 def register(subparsers) -> None:

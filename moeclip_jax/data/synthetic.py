@@ -141,6 +141,7 @@ def write_mvtec_tree(
     root: str, class_names: Sequence[str] = ("widget",), n_train: int = 4,
     n_good: int = 2, n_bad: int = 4, size: tuple[int, int] = (64, 64),
     seed: int = 0, images: Optional[Sequence[np.ndarray]] = None,
+    kinds: Sequence[str] = tuple(DEFECTS),
 ) -> int:
   """Writes an MVTec-layout dataset with synthetic defects; returns #images.
 
@@ -152,6 +153,7 @@ def write_mvtec_tree(
     seed: everything is a function of this seed.
     images: real uint8[H, W, 3] images to use instead of generated ones
       (cycled).
+    kinds: defect kinds to draw from (default: all of DEFECTS).
   """
   rng = np.random.default_rng(seed)
   count = 0
@@ -165,7 +167,7 @@ def write_mvtec_tree(
     for i in range(n_good):
       _save(f"{root}/{name}/test/good/{i:03d}.png", take(n_train + i))
     for i in range(n_bad):
-      img, mask, kind = apply(take(n_train + n_good + i), rng)
+      img, mask, kind = apply(take(n_train + n_good + i), rng, kinds)
       _save(f"{root}/{name}/test/{kind}/{i:03d}.png", img)
       _save(f"{root}/{name}/ground_truth/{kind}/{i:03d}_mask.png", mask)
     count += n_train + n_good + n_bad

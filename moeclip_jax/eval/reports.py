@@ -17,10 +17,10 @@ import io
 import json
 import math
 import os
-import tempfile
 from typing import Any, Iterable, Mapping
 
 from moeclip_jax.eval import protocols
+from moeclip_jax.utils import io as io_utils
 
 METRICS_FILE = "metrics.json"
 CSV_FILE = "metrics.csv"
@@ -75,19 +75,6 @@ def build_report(per_class, counts, protocol_json, details):
   }
 
 
-def _atomic_write(path: str, text: str) -> None:
-  folder = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      f.write(text)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
-
-
 def to_csv(report: Mapping[str, Any]) -> str:
   """metrics.csv text: class rows then a "mean" row, empty cell = null."""
   buf = io.StringIO()
@@ -119,10 +106,10 @@ def write_reports(report: Mapping[str, Any], out_dir: str) -> dict[str, str]:
       "details": os.path.join(out_dir, DETAILS_FILE),
   }
   dump = lambda obj: json.dumps(obj, indent=2, allow_nan=False) + "\n"
-  _atomic_write(paths["metrics"], dump(metrics))
-  _atomic_write(paths["csv"], to_csv(report))
-  _atomic_write(paths["protocol"], dump(report["protocol"]))
-  _atomic_write(paths["details"], dump(report.get("details", {})))
+  io_utils.write_text(paths["metrics"], dump(metrics))
+  io_utils.write_text(paths["csv"], to_csv(report))
+  io_utils.write_text(paths["protocol"], dump(report["protocol"]))
+  io_utils.write_text(paths["details"], dump(report.get("details", {})))
   return paths
 
 

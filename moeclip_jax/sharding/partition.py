@@ -8,6 +8,7 @@ device only.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -16,6 +17,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from moeclip_jax.sharding import rules as rules_lib
+
+log = logging.getLogger("moeclip_jax.sharding")
 
 
 class _Active:
@@ -54,7 +57,17 @@ def constrain(x: jax.Array, names: Sequence[str | None], rules=None):
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty:
     return x
-  return jax.lax.with_sharding_constraint(x, logical_spec(names, rules))
+  spec = logical_spec(names, rules)
+  for dim, axes in zip(x.shape, spec):
+    axes = (axes,) if isinstance(axes, str) else (axes or ())
+    size = 1
+    for axis in axes:
+      if axis not in mesh.shape:  # a mesh without our axis names
+        return x
+      size *= mesh.shape[axis]
+    if dim % size:  # e.g. a prompt batch smaller than the data axes
+      return x
+  return jax.lax.with_sharding_constraint(x, spec)
 
 
 def logical_shardings(abstract_boxed, mesh, rules=None):
@@ -82,12 +95,23 @@ def sharded_init(init_fn: Callable[[jax.Array], Any], rng: jax.Array, mesh,
   """
   rules = active_rules(rules)
   abstract = jax.eval_shape(init_fn, rng)
+  for name in unruled_names(abstract, rules):
+    log.warning("logical axis %r has no sharding rule (replicated)", name)
   shardings = logical_shardings(abstract, mesh, rules)
   # No mesh context here: flax would then constrain DenseGeneral's flattened
   # kernels with 3-D specs; out_shardings alone places every shard.
   params = jax.jit(lambda r: nn.unbox(init_fn(r)),
                    out_shardings=shardings)(rng)
   return params, shardings
+
+
+def unruled_names(abstract_boxed, rules=None) -> list[str]:
+  """Logical names used by `abstract_boxed` that the rules table lacks."""
+  known = {name for name, _ in active_rules(rules)}
+  specs = jax.tree.leaves(nn.get_partition_spec(abstract_boxed),
+                          is_leaf=lambda x: isinstance(x, P))
+  used = {n for spec in specs for n in spec if isinstance(n, str)}
+  return sorted(used - known)
 
 
 def unboxed_abstract(abstract_boxed, shardings) -> Any:
@@ -149,7 +173,8 @@ def to_host(tree) -> Any:
   if jax.process_count() == 1:
     return jax.device_get(tree)
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  return multihost_utils.process_allgather(tree)
+  # tiled=True: a global jax.Array comes back whole (its global shape).
+  return multihost_utils.process_allgather(tree, tiled=True)
 
 
 def gather_rows(tree) -> Any:

@@ -68,7 +68,7 @@ def _set(config, key: str, value) -> None:
 
 
 def apply(config, name: str):
-  """Writes preset `name`'s mesh and rule overrides into `config` (in place).
+  """Selects preset `name` in `config` (in place): `mesh_preset` and `mesh`.
 
   Returns:
     the same config.
@@ -78,15 +78,10 @@ def apply(config, name: str):
   preset = PRESETS[name]
   import ml_collections  # pylint: disable=g-import-not-at-top
   _set(config, "mesh", ml_collections.ConfigDict(dict(preset["mesh"])))
-  rules = {k: _jsonable(v) for k, v in preset["rules"].items()}
-  _set(config, "sharding_rules", ml_collections.ConfigDict(
-      rules, convert_dict=False) if rules else ml_collections.ConfigDict())
-  _set(config, "mesh_preset", name)
+  _set(config, "mesh_preset", name)  # implies the preset's rules
+  if "sharding_rules" not in config:  # user overrides on top of the preset
+    _set(config, "sharding_rules", ml_collections.ConfigDict())
   return config
-
-
-def _jsonable(axes):
-  return list(axes) if isinstance(axes, (tuple, list)) else axes
 
 
 def _axes(value):

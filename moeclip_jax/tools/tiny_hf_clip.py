@@ -13,7 +13,6 @@ meaningless: this is a plumbing fixture, not a model.
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import sys
 

@@ -45,6 +45,13 @@ def _main(argv):
   if _CONFIG.value is None or _WORKDIR.value is None:
     raise app.UsageError("--config and --workdir are required")
   maybe_initialize_distributed(_DISTRIBUTED.value)
+  if _CONFIG.value.method == "inctrl":
+    # InCTRL's BatchNorm heads need running statistics that the generic
+    # state does not carry yet: its own pure step and episode sampler.
+    from moeclip_jax.methods.inctrl import train_main  # pylint: disable=g-import-not-at-top
+    history = train_main.train(_CONFIG.value, _WORKDIR.value)
+    print(f"done: {history[-1] if history else {}}")
+    return
   from moeclip_jax.train import loop  # pylint: disable=g-import-not-at-top
   run = loop.train(_CONFIG.value, _WORKDIR.value)
   last = run.history[-1] if run.history else {}

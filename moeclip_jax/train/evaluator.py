@@ -16,6 +16,7 @@ from moeclip_jax.sharding import partition
 
 log = logging.getLogger("moeclip_jax.train")
 BATCH_KEYS = ("image", "class_id")
+HOST_KEYS = ("valid", "label", "class_id", "has_mask", "index", "mask")
 
 
 def make_predict(method, mesh):
@@ -38,12 +39,13 @@ def predict_dataset(method, params, context, loader, mesh,
   """
   predict = make_predict(method, mesh)
   batch_sh = partition.batch_sharding(mesh)
+  context = jax.device_put(context, partition.replicated(mesh))
   parts: dict[str, list] = {}
   with jax.set_mesh(mesh):
     for batch in tqdm.tqdm(loader, desc=desc, unit="batch", disable=None):
       inputs = partition_batch(batch, batch_sh)
       out = jax.device_get(predict(params, inputs, context))
-      batch = partition.gather_rows(dict(batch))  # multi-host: all rows
+      batch = partition.gather_rows({k: batch[k] for k in HOST_KEYS})
       valid = np.asarray(batch["valid"], bool)
       fields = {
           "image_scores": out["image_score"], "labels": batch["label"],
@@ -126,3 +128,38 @@ def export_detector(run) -> None:
       run.workdir / "detector", params, run.method.checkpoint_config(), meta,
       tokenizer_dir=tokenize.packaged_tokenizer_dir(), overwrite=True)
   log.info("exported detector to %s", run.workdir / "detector")
+
+
+def evaluate_target(run, step: int) -> dict | None:
+  """The *target* set, only behind `eval.select_on_target=True` (logged).
+
+  Choosing checkpoints on the target set makes results no longer zero-shot;
+  the default never looks at it during training.
+  """
+  from moeclip_jax.data import pipeline, records, sources  # pylint: disable=g-import-not-at-top
+  from moeclip_jax.train import data as data_lib  # pylint: disable=g-import-not-at-top
+
+  cfg = run.config.get("eval", {})
+  target = cfg.get("target") or {}
+  if not cfg.get("select_on_target", False) or not target.get("name"):
+    return None
+  log.warning("eval.select_on_target=True: evaluating on the TARGET set %r "
+              "at step %d; checkpoints chosen this way are not zero-shot",
+              target.get("name"), step)
+  recs = data_lib.scan_records(target)
+  names = records.class_names(recs)
+  context = run.method.make_context(run.state.params, names)
+  loader = pipeline.eval_loader(
+      sources.RecordSource(recs), names,
+      pipeline.PipelineConfig(preprocess=run.method.preprocess, augment="none",
+                              batch_size=run.data.eval_batch_size))
+  pred = predict_dataset(run.method, run.state.params, context, loader,
+                         run.mesh, map_size=cfg.get("map_size"), desc="target")
+  out_dir = (run.workdir / "eval_target" / f"step_{step}"
+             if jax.process_index() == 0 else None)
+  report = evaluate_predictions(pred, names, cfg.get("protocol", "raw"),
+                                run.method.domain, out_dir)
+  means = {k: v for k, v in report["mean"].items() if v is not None}
+  log.warning("TARGET step %d %s", step, means)
+  run.history.append({"step": step, **{f"target/{k}": v for k, v in means.items()}})
+  return report

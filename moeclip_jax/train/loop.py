@@ -21,10 +21,12 @@ import numpy as np
 import tqdm
 
 from moeclip_jax.checkpoint import manager as ckpt_lib
+from moeclip_jax.checkpoint import paths
 from moeclip_jax.methods import registry
 from moeclip_jax.optim import masks
 from moeclip_jax.optim import optimizers
 from moeclip_jax.sharding import mesh as mesh_lib
+from moeclip_jax.sharding import multihost
 from moeclip_jax.sharding import partition
 from moeclip_jax.sharding import presets
 from moeclip_jax.train import data as data_lib
@@ -61,7 +63,7 @@ class Run:
 
 # ---- setup ---------------------------------------------------------------------
 def setup(config, workdir) -> Run:
-  workdir = pathlib.Path(str(workdir))
+  workdir = paths.local_workdir(workdir)  # gs://: local staging + sync_up
   workdir.mkdir(parents=True, exist_ok=True)
   if jax.process_index() == 0:
     handler = logging.FileHandler(workdir / "train.log")
@@ -134,7 +136,7 @@ def restore(run: Run) -> str:
       run.state = _on_mesh(state_lib.restore_from_item(run.state, item),
                            run.mesh)
       if meta.get("data_iter") and run.data is not None:
-        run.data.restore(meta["data_iter"])
+        run.data.restore(multihost.this_process(meta["data_iter"]))
       log.info("resumed from %s at step %d", name, int(run.state.step))
       return name
   return "init"
@@ -170,7 +172,7 @@ def _log(run: Run, step: int, scalars: dict) -> None:
 def _save(run: Run, step: int, force: bool = False) -> None:
   meta = {"step": step, "config": run.config.to_dict(),
           "checkpoint_config": run.method.checkpoint_config(),
-          "data_iter": run.data.state()}
+          "data_iter": multihost.per_process(run.data.state())}
   ckpt_lib.save(run.manager, step,
                 state_lib.checkpoint_item(run.state, run.labels), meta,
                 force=force)
@@ -200,6 +202,7 @@ def loop(run: Run) -> None:
           bar.set_postfix(loss=f"{scalars['loss']:.4f}")
         if config.eval_every and step % config.eval_every == 0:
           evaluator.evaluate_holdout(run, step)
+          evaluator.evaluate_target(run, step)
         if step % config.ckpt_every == 0 or stop["flag"]:
           _save(run, step, force=stop["flag"])
         if stop["flag"]:
@@ -236,4 +239,5 @@ def train(config, workdir) -> Run:
   evaluator.export_detector(run)
   if run.writer is not None:
     run.writer.close()
+  paths.sync_up(run.workdir)
   return run

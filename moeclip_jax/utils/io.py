@@ -10,6 +10,12 @@ import tempfile
 import numpy as np
 
 
+def _umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
+
+
 def _atomic(path, write_fn, mode="wb"):
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
@@ -17,6 +23,7 @@ def _atomic(path, write_fn, mode="wb"):
   try:
     with os.fdopen(fd, mode) as f:
       write_fn(f)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp files are 0600
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import sys
 
-import numpy as np
 
 from moeclip_jax.methods.moeclip import maps
 from moeclip_jax.utils import images as image_utils
@@ -100,10 +99,14 @@ def _from_dataset(detector, args, domain):
 
 
 def run(args) -> dict:
-  """Calibrates and writes calibration.json; returns its content."""
-  import moeclip_jax  # pylint: disable=g-import-not-at-top
+  """Loads the detector, calibrates, writes calibration.json."""
   common.add_log_file(args.checkpoint, "calibrate")
-  detector = moeclip_jax.load_detector(args.checkpoint)
+  return calibrate_detector(common.load_detector(args.checkpoint), args)
+
+
+def calibrate_detector(detector, args) -> dict:
+  """Calibrates a loaded detector (parsed `args` of this verb) and writes
+  calibration.json into args.checkpoint; returns its content."""
   domain = maps.canonical_domain(args.domain or detector.default_domain)
   build = _from_normal if args.normal else _from_dataset
   classes, source = build(detector, args, domain)

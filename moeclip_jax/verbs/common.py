@@ -70,10 +70,13 @@ def console():
   return Console(stderr=True)
 
 
-def progress(iterable: Iterable, desc: str, total: int | None = None):
-  """tqdm progress bar (silent when stderr is not a terminal)."""
+def progress(iterable: Iterable | None, desc: str | None,
+             total: int | None = None):
+  """tqdm progress bar (silent when stderr is not a terminal or desc is
+  None)."""
   import tqdm  # pylint: disable=g-import-not-at-top
-  return tqdm.tqdm(iterable, desc=desc, total=total, disable=None)
+  return tqdm.tqdm(iterable, desc=desc, total=total,
+                   disable=True if desc is None else None)
 
 
 def list_images(inputs: Sequence[str]) -> tuple[list[pathlib.Path],
@@ -101,3 +104,19 @@ def parse_class_names(values: Sequence[str] | None) -> list[str] | None:
   if not values:
     return None
   return [n for v in values for n in v.split(",") if n]
+
+
+def load_detector(checkpoint_dir):
+  """`moeclip_jax.load_detector`, limited to the methods these verbs serve.
+
+  Raises:
+    ValueError: a detector of another method (e.g. InCTRL needs few-shot
+      normal prompts, which predict/eval do not provide yet).
+  """
+  import moeclip_jax  # pylint: disable=g-import-not-at-top
+  detector = moeclip_jax.load_detector(checkpoint_dir)
+  method = getattr(detector, "method", None)
+  if method != "moeclip":
+    raise ValueError(f"{checkpoint_dir}: method {method!r}; eval / predict / "
+                     "calibrate / export support MoECLIP detectors only")
+  return detector

@@ -127,18 +127,17 @@ def write_overlays(pred, records, folder, per_class: int) -> list[str]:
       image = image_utils.load_rgb(record.image_path)
       shown = (pred["maps"][i] - lo) / max(hi - lo, 1e-12)
       tag = "anomalous" if pred["labels"][i] else "normal"
-      path = overlay.save_png(
-          pathlib.Path(folder) / name / f"{tag}_{pathlib.Path(record.image_path).stem}_{i}.png",
-          overlay.panels(image, shown, 0.5))
+      stem = pathlib.Path(record.image_path).stem
+      target = pathlib.Path(folder) / name / f"{tag}_{stem}_{i}.png"
+      path = overlay.save_png(target, overlay.panels(image, shown, 0.5))
       written.append(str(path))
   return written
 
 
 def run(args) -> dict[str, Any]:
-  import moeclip_jax  # pylint: disable=g-import-not-at-top
   out = pathlib.Path(args.out)
   common.add_log_file(out, "eval")
-  detector = moeclip_jax.load_detector(args.checkpoint)
+  detector = common.load_detector(args.checkpoint)
   spec = inference.DatasetSpec(args.dataset, args.root, args.split,
                                common.parse_class_names(args.class_names))
   report = evaluate_checkpoint(

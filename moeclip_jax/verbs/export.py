@@ -56,14 +56,11 @@ def build_parser():
 
 
 def _predict_fn(detector, treedef, domain):
-  from moeclip_jax.methods.moeclip import maps  # pylint: disable=g-import-not-at-top
+  """The live detector's forward with the parameters as a flat list."""
 
   def fn(flat_params, pixels, text):
     params = jax.tree.unflatten(treedef, flat_params)
-    out, _ = detector.module.apply({"params": params}, pixels)
-    size = pixels.shape[1:3]
-    return (maps.anomaly_map(out["seg_tokens"], text, size, domain),
-            maps.image_score(out["det_feature"], text))
+    return detector._forward_impl(params, pixels, text, domain)  # pylint: disable=protected-access
   return fn
 
 
@@ -148,12 +145,11 @@ def load_exported(folder) -> ExportedDetector:
 
 def main(argv=None) -> int:
   args = build_parser().parse_args(argv)
-  import moeclip_jax  # pylint: disable=g-import-not-at-top
   from moeclip_jax.verbs import calibration  # pylint: disable=g-import-not-at-top
   from moeclip_jax.verbs import common  # pylint: disable=g-import-not-at-top
   try:
     common.add_log_file(args.out, "export")
-    detector = moeclip_jax.load_detector(args.checkpoint)
+    detector = common.load_detector(args.checkpoint)
     calib = calibration.load(args.checkpoint) or {"classes": {}}
     names = common.parse_class_names(args.class_names) or [
         c for c in calib["classes"] if c != calibration.ANY_CLASS]

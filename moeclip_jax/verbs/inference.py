@@ -44,12 +44,11 @@ class DetectorMethod:
     return {"text": jnp.stack(text)}  # [C, D, 2]
 
   def predict_fn(self, params, batch, context):
-    out, _ = self.detector.module.apply({"params": params}, batch["image"])
+    """The detector's own forward, with one text matrix per image."""
     text = context["text"][batch["class_id"]]  # [B, D, 2]
-    size = batch["image"].shape[1:3]
-    return {"anomaly_map": maps.anomaly_map(out["seg_tokens"], text, size,
-                                            self.domain),
-            "image_score": maps.image_score(out["det_feature"], text)}
+    amap, score = self.detector._forward_impl(  # pylint: disable=protected-access
+        params, batch["image"], text, self.domain)
+    return {"anomaly_map": amap, "image_score": score}
 
 
 @dataclasses.dataclass
@@ -126,7 +125,7 @@ def resize_uint8(image: np.ndarray, size: int) -> np.ndarray:
 
 def predict_images(detector, images: Sequence[np.ndarray], class_name: str,
                    domain: str | None = None, dataset: str | None = None,
-                   batch_size: int = 8, desc: str = "predict"
+                   batch_size: int = 8, desc: str | None = "predict"
                    ) -> tuple[np.ndarray, np.ndarray]:
   """Raw maps float[N, S, S] (model size) and image scores float[N]."""
   size = detector.image_size

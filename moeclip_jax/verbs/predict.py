@@ -34,6 +34,7 @@ from moeclip_jax.verbs import overlay
 log = logging.getLogger("moeclip_jax.verbs")
 PREDICTIONS_FILE = "predictions.jsonl"
 DEFAULT_MAP_THRESHOLD = 0.5  # on per-image min-max maps, uncalibrated
+CHUNK_BATCHES = 8  # images are read, predicted and written in chunks
 
 EXAMPLES = """
   moeclip-jax predict photo.png --checkpoint runs/tiny/detector --out pred/
@@ -78,7 +79,7 @@ def resolve_threshold(spec: str, entry: dict | None) -> tuple[float | None,
 def read_images(paths: Sequence[pathlib.Path]):
   """(readable [(path, uint8 image)], unreadable ["path: reason"])."""
   good, bad = [], []
-  for path in common.progress(paths, "read", total=len(paths)):
+  for path in paths:
     try:
       good.append((path, image_utils.load_rgb(path)))
     except (ValueError, FileNotFoundError) as err:
@@ -136,17 +137,23 @@ def predict_paths(detector, inputs: Sequence[str], out, class_name: str,
       calibration.load(detector.checkpoint_dir), class_name)
   thr, source = resolve_threshold(threshold, entry)
   paths, unreadable = common.list_images(inputs)
-  loaded, bad = read_images(paths)
-  unreadable += bad
-  raw_maps, raw_scores = inference.predict_images(
-      detector, [im for _, im in loaded], class_name, domain,
-      dataset_prompts, batch_size)
-  shown, scores, map_thr = score_images(raw_maps, raw_scores, entry, domain)
   used, lines = set(), []
-  for i, (path, image) in enumerate(common.progress(loaded, "overlays")):
-    lines.append(_write_one(out, _unique_stem(path, used), path, image,
-                            raw_maps[i], shown[i], scores[i], raw_scores[i],
-                            map_thr[i], thr, source, class_name, save_maps))
+  chunk = CHUNK_BATCHES * batch_size  # bounds the images held in memory
+  with common.progress(None, "predict", total=len(paths)) as bar:
+    for start in range(0, len(paths), chunk):
+      loaded, bad = read_images(paths[start:start + chunk])
+      unreadable += bad
+      raw_maps, raw_scores = inference.predict_images(
+          detector, [im for _, im in loaded], class_name, domain,
+          dataset_prompts, batch_size, desc=None)
+      shown, scores, map_thr = score_images(raw_maps, raw_scores, entry,
+                                            domain)
+      for i, (path, image) in enumerate(loaded):
+        lines.append(_write_one(
+            out, _unique_stem(path, used), path, image, raw_maps[i],
+            shown[i], scores[i], raw_scores[i], map_thr[i], thr, source,
+            class_name, save_maps))
+      bar.update(min(chunk, len(paths) - start))
   io.write_text(out / PREDICTIONS_FILE,
                 "".join(json.dumps(line) + "\n" for line in lines))
   io.write_text(out / "unreadable.txt", "".join(u + "\n" for u in unreadable))
@@ -173,10 +180,9 @@ def _print_summary(summary: dict) -> None:
 
 def main(argv=None) -> int:
   args = build_parser().parse_args(argv)
-  import moeclip_jax  # pylint: disable=g-import-not-at-top
   try:
     common.add_log_file(args.out, "predict")
-    detector = moeclip_jax.load_detector(args.checkpoint)
+    detector = common.load_detector(args.checkpoint)
     summary = predict_paths(detector, args.inputs, args.out, args.class_name,
                             args.threshold, args.domain, args.dataset_prompts,
                             args.save_maps, args.batch_size)

@@ -56,8 +56,31 @@ def layer_norm(name: str, eps: float) -> nn.LayerNorm:
       bias_init=_part(nn.initializers.zeros, ("norm",)))
 
 
+class Conv1x1(nn.Module):
+  """1x1 convolution as a channel einsum (same params as `nn.Conv`).
+
+  XLA's CPU SPMD partitioner returned wrong values for the vmapped
+  (grouped) 1x1 convolution when the expert axis was sharded (checked with
+  jax 0.10.2 on fake CPU devices); the einsum form is exact.
+  """
+
+  features: int
+  in_features: int
+
+  @nn.compact
+  def __call__(self, x):
+    init = torch_conv_init(self.in_features)
+    kernel = self.param(
+        "kernel", _part(init, ("conv_k", None, None, None)),
+        (1, 1, self.in_features, self.features))
+    bias = self.param("bias", _part(init, (None,)), (self.features,))
+    return jnp.einsum("bhwi,io->bhwo", x, kernel[0, 0]) + bias
+
+
 def conv(features: int, in_features: int, kernel: int, name: str,
-         stride: int = 1, padding: int = 0) -> nn.Conv:
+         stride: int = 1, padding: int = 0):
+  if kernel == 1 and stride == 1 and padding == 0:
+    return Conv1x1(features, in_features, name=name)
   fan_in = in_features * kernel * kernel
   return nn.Conv(
       features, (kernel, kernel), strides=(stride, stride),

@@ -11,9 +11,10 @@ K component slots.
   k = int(B * g * g * (1 - p_hm)) (at least 1). Positions with a distance
   below it get their gradient scaled by `factor_hm`; the forward value is
   the plain mean. As in the official code (a Python closure over the loop
-  variable), every group's gradient uses the last group's mask. Written as de' = where(hard, de, f*de + (1-f)*sg(de)) on
-  the fused decoder map, applied before both the loss and the EIR feature
-  (the official hook sits on that tensor too).
+  variable), every group's gradient uses the last group's mask. Written as
+  de' = where(hard, de, f*de + (1-f)*sg(de)) on the fused decoder map,
+  applied before both the loss and the EIR feature (the official hook sits
+  on that tensor too).
 * ESB = E_total * sum_j P_j^2 (full softmax) + sum_j relu(C_j - cap)^2
   (zero gradient) + mean(logits^2).
 * EIR: CLUB upper bound between two random patch experts' and two random

@@ -115,17 +115,17 @@ def init_state(config: model_lib.AnomalyMoEConfig, rng, tx, est_tx,
   """Fresh trainable params (+ given or random backbone) and optimisers."""
   s = config.image_size
   k1, k2 = jax.random.split(rng)
-  variables = model_lib.AnomalyMoE(config).init(
-      k1, jnp.zeros((1, s, s, 3)), jnp.zeros((1, s, s, 3)),
-      jnp.zeros((1, 1, s, s)))
-  params = nn.unbox(variables["params"])
+  init = jax.jit(lambda key: model_lib.AnomalyMoE(config).init(
+      key, jnp.zeros((1, s, s, 3)), jnp.zeros((1, s, s, 3)),
+      jnp.zeros((1, 1, s, s))))
+  params = dict(nn.unbox(init(k1)["params"]))
   frozen = params.pop("encoder")
   if encoder_params is not None:
     frozen = encoder_params
   dim = config.dims.width
-  est = nn.unbox(losses.MIEstimator(dim).init(
-      k2, jnp.zeros((2, 2, dim)), jnp.zeros((2, 2, dim)),
-      np.array([[0, 1], [0, 1]]), np.array([[1, 0], [1, 0]])))["params"]
+  est = nn.unbox(jax.jit(lambda key: losses.MIEstimator(dim).init(
+      key, jnp.zeros((2, 2, dim)), jnp.zeros((2, 2, dim)),
+      np.array([[0, 1], [0, 1]]), np.array([[1, 0], [1, 0]])))(k2))["params"]
   return TrainState(jnp.zeros([], jnp.int32), params, frozen,
                     tx.init(params), est, est_tx.init(est))
 
