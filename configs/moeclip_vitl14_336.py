@@ -30,6 +30,7 @@ def get_config(arg=None):
   c.backbone.image_size = 518
   c.backbone.dtype = "float32"     # "bfloat16" opt-in
   c.backbone.matmul_precision = ""
+  c.backbone.remat = "none"        # "blocks": rematerialise each block
 
   c.model = ml_collections.ConfigDict()
   c.model.moe_layers = (5, 11, 17, 23)
@@ -81,5 +82,8 @@ def get_config(arg=None):
       {"name": "", "root": "", "split": "test", "options": {}})
   c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1,
                                       "expert": 1})
+  c.mesh_preset = ""               # pure_dp | fsdp | tensor_parallel | expert_parallel
+  c.sharding_rules = ml_collections.ConfigDict()  # logical name -> mesh axes
+  c.compile_cache = ""             # persistent XLA compilation cache dir
   c.tensorboard = True
   return c

@@ -87,20 +87,6 @@ class FakeData:
 _MESH = [None]
 
 
-def _process_local_orbax_writes():
-  """Process 0 alone writes the exported detector (convert.common's
-  StandardCheckpointer); with orbax's default all-process barriers that
-  save waits forever for the other processes. Until convert/common.py
-  passes these options itself (reported to the lead), bind them here."""
-  import functools  # pylint: disable=g-import-not-at-top
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  ocp.StandardCheckpointer = functools.partial(
-      ocp.StandardCheckpointer,
-      multiprocessing_options=ocp.options.MultiprocessingOptions(
-          primary_host=jax.process_index(),
-          active_processes={jax.process_index()}))
-
-
 def main(argv):
   args = _args(argv)
   if args.coordinator:
@@ -108,7 +94,6 @@ def main(argv):
     jax.distributed.initialize(coordinator_address=args.coordinator,
                                num_processes=args.num_processes,
                                process_id=args.process_id)
-    _process_local_orbax_writes()
   import train_fixtures as tf  # pylint: disable=g-import-not-at-top
   from moeclip_jax.sharding import presets  # pylint: disable=g-import-not-at-top
   from moeclip_jax.train import loop  # pylint: disable=g-import-not-at-top

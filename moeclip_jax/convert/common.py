@@ -159,15 +159,13 @@ def write_params_checkpoint(
   into place at the end, so an interrupted conversion never leaves a
   half-written checkpoint at `dst`.
   """
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-
   dst = pathlib.Path(dst).absolute()
   if dst.exists() and any(dst.iterdir()) and not overwrite:
     raise FileExistsError(f"{dst}: exists and is not empty (use --overwrite)")
   dst.parent.mkdir(parents=True, exist_ok=True)
   tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
   try:
-    ckptr = ocp.StandardCheckpointer()
+    ckptr = _single_writer_checkpointer()
     ckptr.save(tmp / "params", params)
     ckptr.wait_until_finished()
     _write_json(tmp / "config.json", dict(config))
@@ -181,6 +179,20 @@ def write_params_checkpoint(
     shutil.rmtree(tmp, ignore_errors=True)
     raise
   return dst
+
+
+def _single_writer_checkpointer():
+  """A StandardCheckpointer; with several processes, process 0 writes alone
+  (the caller already runs only there), so orbax must not wait on the
+  others at its barriers."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
+  if jax.process_count() == 1:
+    return ocp.StandardCheckpointer()
+  options = ocp.options.MultiprocessingOptions(primary_host=0,
+                                               active_processes={0})
+  return ocp.StandardCheckpointer(multiprocessing_options=options)
 
 
 def read_params_checkpoint(path, abstract=None):

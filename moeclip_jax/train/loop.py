@@ -17,7 +17,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import tqdm
 
 from moeclip_jax.checkpoint import manager as ckpt_lib
@@ -25,7 +24,6 @@ from moeclip_jax.checkpoint import paths
 from moeclip_jax.methods import registry
 from moeclip_jax.optim import masks
 from moeclip_jax.optim import optimizers
-from moeclip_jax.sharding import mesh as mesh_lib
 from moeclip_jax.sharding import multihost
 from moeclip_jax.sharding import partition
 from moeclip_jax.sharding import presets

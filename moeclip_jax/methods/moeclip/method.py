@@ -39,7 +39,7 @@ def backbone_config(cfg: Any) -> tuple[clip_config.CLIPConfig, str | None]:
   for key in ("image_size", "patch_size"):
     if cfg.get(key):
       overrides[key] = int(cfg[key])
-  for key in ("dtype", "matmul_precision", "activation"):
+  for key in ("dtype", "matmul_precision", "activation", "remat"):
     if cfg.get(key):
       overrides[key] = cfg[key]
   return ccfg.replace(**overrides), ckpt
