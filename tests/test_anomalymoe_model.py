@@ -293,9 +293,9 @@ def test_detector_load_and_predict(tmp_path):
 
   config = _micro_config()
   s = config.image_size
-  params = nn.unbox(model_lib.AnomalyMoE(config).init(
-      jax.random.key(0), jnp.zeros((1, s, s, 3)), jnp.zeros((1, s, s, 3)),
-      jnp.zeros((1, 1, s, s)))["params"])
+  params = nn.unbox(jax.jit(lambda k: model_lib.AnomalyMoE(config).init(
+      k, jnp.zeros((1, s, s, 3)), jnp.zeros((1, s, s, 3)),
+      jnp.zeros((1, 1, s, s))))(jax.random.key(0))["params"])
   common.write_params_checkpoint(
       tmp_path / "ckpt", {"model": params},
       {"method": "anomalymoe", **config.to_dict()}, {"method": "anomalymoe"})
@@ -306,3 +306,12 @@ def test_detector_load_and_predict(tmp_path):
   assert out["anomaly_map"].shape == (2, s, s)
   assert out["image_score"].shape == (2,)
   assert np.all(np.isfinite(out["image_score"]))
+
+
+def test_component_loss_gradient_finite_with_zero_slots():
+  feats = jnp.zeros((2, 3, 8)).at[:, 0].set(1.0)  # padded slots are zero
+  recon = jnp.zeros((4, 2, 3, 8)).at[:, :, 0].set(0.5)  # MLP(0) = 0
+  valid = jnp.array([[True, False, False], [True, True, False]])
+  grad = jax.grad(lambda r: losses.component_loss(
+      feats, r, valid, jnp.full((2, 4), 0.25), losses.LossConfig())[0])(recon)
+  assert np.all(np.isfinite(np.asarray(grad)))

@@ -30,7 +30,9 @@ class Command:
 
 COMMANDS: dict[str, Command] = {}
 # Modules that call `register` when imported (e.g. a later `components` verb).
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = (
+    "moeclip_jax.methods.anomalymoe.components_cli",  # `components`
+)
 
 
 def register(name: str, help_text: str,

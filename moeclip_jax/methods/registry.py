@@ -34,6 +34,9 @@ def load_detector(checkpoint_dir, **kwargs):
   if method == "moeclip":
     from moeclip_jax.methods.moeclip import detector  # pylint: disable=g-import-not-at-top
     return detector.MoECLIPDetector.load(checkpoint_dir, **kwargs)
+  if method == "anomalymoe":
+    from moeclip_jax.methods.anomalymoe import detector  # pylint: disable=g-import-not-at-top
+    return detector.AnomalyMoEDetector.load(checkpoint_dir, **kwargs)
   if method == "inctrl":
     from moeclip_jax.methods.inctrl import detector  # pylint: disable=g-import-not-at-top
     return detector.InCTRLDetector.load(checkpoint_dir, **kwargs)

@@ -63,9 +63,16 @@ def resize_nearest_maps(x: jax.Array, out_hw: tuple[int, int]) -> jax.Array:
 
 def cosine_similarity(a: jax.Array, b: jax.Array, axis: int = -1,
                       eps: float = 1e-8) -> jax.Array:
-  """torch 2.x `F.cosine_similarity`: each norm clamped at eps separately."""
-  na = jnp.maximum(jnp.linalg.norm(a, axis=axis, keepdims=True), eps)
-  nb = jnp.maximum(jnp.linalg.norm(b, axis=axis, keepdims=True), eps)
+  """torch 2.x `F.cosine_similarity`: each norm clamped at eps separately.
+
+  The clamp is taken on the squared norm, sqrt(max(|x|^2, eps^2)): the same
+  value as max(|x|, eps), but a zero vector (e.g. a padded component slot
+  reconstructed by a zero-bias MLP) gets a zero gradient instead of NaN.
+  """
+  na = jnp.sqrt(jnp.maximum(jnp.sum(a * a, axis=axis, keepdims=True),
+                            eps * eps))
+  nb = jnp.sqrt(jnp.maximum(jnp.sum(b * b, axis=axis, keepdims=True),
+                            eps * eps))
   return jnp.sum((a / na) * (b / nb), axis=axis)
 
 
