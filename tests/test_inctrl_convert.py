@@ -22,7 +22,6 @@ import openclip_layout
 from moeclip_jax.convert import common
 from moeclip_jax.convert import inctrl_official
 from moeclip_jax.methods.inctrl import detector
-from moeclip_jax.methods.inctrl import model as M
 
 LAYERS = (1, 2, 3)
 
