@@ -6,6 +6,7 @@ The frozen text tower runs once per class (`make_context`): its EOT features
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 import jax
@@ -107,10 +108,14 @@ class MoECLIPMethod:
       ids.append(tokenize.tokenize(tok, sentences,
                                    self.clip_config.text.context_length))
     ids = np.stack(ids)  # [C, N, L]
-    encode = jax.jit(lambda p, x: self.module.apply(
-        {"params": p}, x, method=model_lib.MoECLIP.encode_text_eot))
-    eot = jnp.stack([encode(params, x) for x in ids])  # [C, N, Wt]
+    eot = jnp.stack([self._encode_eot(params, x) for x in ids])  # [C, N, Wt]
     return {"eot": eot, "is_abnormal": jnp.asarray(flags)}
+
+  @functools.cached_property
+  def _encode_eot(self):
+    """One jitted frozen-text-tower call, reused by every make_context."""
+    return jax.jit(lambda p, x: self.module.apply(
+        {"params": p}, x, method=model_lib.MoECLIP.encode_text_eot))
 
   def _text_features(self, params, context, class_id):
     t_all = self.module.apply(
