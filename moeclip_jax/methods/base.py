@@ -14,6 +14,22 @@ A method object exposes (names the trainer relies on):
   predict_fn(params, batch, context) -> {"anomaly_map" [B,H,W], "image_score" [B]}
   checkpoint_config()      JSON-able dict written to config.json on export
 
+Optional (the trainer uses a default when absent):
+
+  state_patterns           regexes of state leaves (masks.STATE: not trained,
+                           checkpointed; loss_fn returns their new values as
+                           metrics["updated_state"], a partial params tree)
+  make_tx(param_labels)    the optimizer (default: optimizers.make_tx over
+                           config.optim)
+  batch_keys               batch fields the step receives (default
+                           loop.STEP_KEYS: image, mask, label, class_id)
+  make_train_data(config, batch_multiple)
+                           the training data object (default train.data.
+                           TrainData): next(), state(), restore(s),
+                           class_names, holdout, holdout_loader(),
+                           eval_batch_size
+  domain                   "industrial" | "medical" (metrics protocol)
+
 Methods never import the trainer.
 """
 

@@ -10,8 +10,20 @@ def _moeclip(config):
   return method.MoECLIPMethod(config)
 
 
+def _inctrl(config):
+  from moeclip_jax.methods.inctrl import method  # pylint: disable=g-import-not-at-top
+  return method.InCTRLMethod(config)
+
+
+def _anomalymoe(config):
+  from moeclip_jax.methods.anomalymoe import method  # pylint: disable=g-import-not-at-top
+  return method.AnomalyMoEMethod(config)
+
+
 METHODS = {
     "moeclip": _moeclip,
+    "inctrl": _inctrl,
+    "anomalymoe": _anomalymoe,
 }
 
 

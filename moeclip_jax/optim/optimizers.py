@@ -1,6 +1,6 @@
 """Optimizers: `optax.multi_transform` with `set_to_zero` for frozen leaves.
 
-Frozen leaves get a stateless transform, so they carry no Adam moments, and
+Frozen (and state) leaves get a stateless transform, so they carry no Adam moments, and
 since their (zeroed) gradients are never read, XLA removes their weight
 gradients from the jitted step.
 """
@@ -51,5 +51,5 @@ def make_tx(cfg: Any, param_labels) -> optax.GradientTransformation:
     chain.append(optax.clip_by_global_norm(cfg.grad_clip_norm))
   chain.append(_base(cfg, make_schedule(cfg)))
   return optax.multi_transform(
-      {masks.TRAINABLE: optax.chain(*chain), masks.FROZEN: optax.set_to_zero()},
-      param_labels)
+      {masks.TRAINABLE: optax.chain(*chain), masks.FROZEN: optax.set_to_zero(),
+       masks.STATE: optax.set_to_zero()}, param_labels)

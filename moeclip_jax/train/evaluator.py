@@ -109,7 +109,7 @@ def evaluate_holdout(run, step: int) -> dict | None:
                          map_size=cfg.get("map_size"), desc="holdout")
   out_dir = run.workdir / "eval" / f"step_{step}" if jax.process_index() == 0 else None
   report = evaluate_predictions(pred, run.data.class_names,
-                                cfg.get("protocol", "raw"), run.method.domain,
+                                cfg.get("protocol", "raw"), getattr(run.method, "domain", "industrial"),
                                 out_dir)
   means = {k: v for k, v in report["mean"].items() if v is not None}
   log.info("holdout step %d %s", step, means)
@@ -164,7 +164,7 @@ def evaluate_target(run, step: int) -> dict | None:
   out_dir = (run.workdir / "eval_target" / f"step_{step}"
              if jax.process_index() == 0 else None)
   report = evaluate_predictions(pred, names, cfg.get("protocol", "raw"),
-                                run.method.domain, out_dir)
+                                getattr(run.method, "domain", "industrial"), out_dir)
   means = {k: v for k, v in report["mean"].items() if v is not None}
   log.warning("TARGET step %d %s", step, means)
   run.history.append({"step": step, **{f"target/{k}": v for k, v in means.items()}})

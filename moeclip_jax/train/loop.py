@@ -86,16 +86,39 @@ def build_state(run: Run) -> None:
   params, _ = partition.sharded_init(run.method.init_fn, rng, run.mesh)
   params = run.method.load_pretrained(params)
   table = masks.label_table(params, run.method.trainable_patterns,
-                            run.method.frozen_patterns)
+                            run.method.frozen_patterns, _state_patterns(run))
   for path, label, pattern in table:
     log.info("param %-60s %-9s %s", path, label, pattern)
   run.labels = masks.labels(params, run.method.trainable_patterns,
-                            run.method.frozen_patterns)
-  run.tx = optimizers.make_tx(config.optim, run.labels)
+                            run.method.frozen_patterns, _state_patterns(run))
+  run.tx = _make_tx(run)
   opt_state = jax.jit(run.tx.init)(params)
   state = state_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
                                opt_state=opt_state)
   run.state = _on_mesh(state, run.mesh)
+
+
+def _state_patterns(run: Run) -> tuple[str, ...]:
+  return tuple(getattr(run.method, "state_patterns", ()))
+
+
+def _make_tx(run: Run):
+  """The method's own optimizer if it has one, else `optimizers.make_tx`."""
+  if hasattr(run.method, "make_tx"):
+    return run.method.make_tx(run.labels)
+  return optimizers.make_tx(run.config.optim, run.labels)
+
+
+def make_data(run: Run):
+  """The method's training data if it brings its own, else `TrainData`."""
+  multiple = data_parallel_per_process(run.mesh)
+  if hasattr(run.method, "make_train_data"):
+    return run.method.make_train_data(run.config, multiple)
+  return data_lib.TrainData(run.config, run.method, multiple)
+
+
+def batch_keys(run: Run) -> tuple[str, ...]:
+  return tuple(getattr(run.method, "batch_keys", STEP_KEYS))
 
 
 def _on_mesh(tree, mesh):
@@ -181,6 +204,7 @@ def loop(run: Run) -> None:
   step_fn = _jit_step(run)
   rng = jax.random.key(config.seed + 1)
   batch_sh = partition.batch_sharding(run.mesh)
+  keys = batch_keys(run)
   stop = {"flag": False}
   previous = signal.signal(signal.SIGTERM,
                            lambda *_: stop.__setitem__("flag", True))
@@ -189,7 +213,7 @@ def loop(run: Run) -> None:
     with jax.set_mesh(run.mesh), tqdm.tqdm(total=config.total_steps, initial=start,
                              desc="train", unit="step", disable=None) as bar:
       for step in range(start + 1, config.total_steps + 1):
-        batch = {k: v for k, v in run.data.next().items() if k in STEP_KEYS}
+        batch = {k: v for k, v in run.data.next().items() if k in keys}
         batch = data_lib.to_global(batch, batch_sh)
         run.state, scalars = step_fn(run.state, batch, run.context, rng)
         bar.update(1)
@@ -222,8 +246,7 @@ def train(config, workdir) -> Run:
   """Runs (or resumes) training; returns the Run (history, state)."""
   run = setup(config, workdir)
   build_state(run)
-  run.data = data_lib.TrainData(config, run.method,
-                                data_parallel_per_process(run.mesh))
+  run.data = make_data(run)
   run.context = run.method.make_context(run.state.params, run.data.class_names)
   run.context = jax.device_put(run.context, partition.replicated(run.mesh))
   restore(run)

@@ -1,8 +1,9 @@
 """Train state and the split into what a checkpoint holds.
 
 `TrainState.params` is the whole tree (frozen backbone included) so the step
-is one pure function; a checkpoint holds only the trainable leaves, the
-optimizer state (which has no moments for frozen leaves) and the step.
+is one pure function; a checkpoint holds only the trainable and state leaves
+(masks.STATE: e.g. BatchNorm running statistics), the optimizer state (which
+has no moments for frozen leaves) and the step.
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ class TrainState:
 
 
 def split_trainable(params, param_labels):
-  """(trainable subtree, frozen subtree); absent leaves are None."""
-  train = jax.tree.map(lambda p, l: p if l == masks.TRAINABLE else None,
+  """(trainable + state subtree, frozen subtree); absent leaves are None."""
+  train = jax.tree.map(lambda p, l: None if l == masks.FROZEN else p,
                        params, param_labels)
-  frozen = jax.tree.map(lambda p, l: None if l == masks.TRAINABLE else p,
+  frozen = jax.tree.map(lambda p, l: p if l == masks.FROZEN else None,
                         params, param_labels)
   return train, frozen
 
@@ -53,12 +54,13 @@ def _drop_none(tree):
 
 def restore_from_item(state: TrainState, item: dict) -> TrainState:
   """`state` with step, trainable leaves and opt_state from a checkpoint."""
-  params = _overlay(state.params, item["trainable"])
+  params = overlay(state.params, item["trainable"])
   return state.replace(step=item["step"], params=params,
                        opt_state=item["opt_state"])
 
 
-def _overlay(base, top):
+def overlay(base, top):
+  """`base` with the leaves of the partial tree `top` (nested dicts) put in."""
   if isinstance(top, dict):
-    return {k: _overlay(base[k], top[k]) if k in top else base[k] for k in base}
+    return {k: overlay(base[k], top[k]) if k in top else base[k] for k in base}
   return top

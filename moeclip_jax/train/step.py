@@ -4,6 +4,10 @@ A method supplies `loss_fn(params, batch, context, rng) -> (loss, metrics)`;
 the step differentiates it, applies the optimizer and returns scalar metrics
 (loss, every named aux value, gradient and update norms over trainable
 leaves). Jitted once by the loop with shardings and `donate_argnums=(0,)`.
+
+A method with state leaves (masks.STATE, e.g. BatchNorm running statistics)
+returns their new values as `metrics[UPDATED_STATE]`, a partial params tree
+(nested dicts) that the step puts into the params after the update.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import optax
 from moeclip_jax.optim import masks
 from moeclip_jax.train import state as state_lib
 
+UPDATED_STATE = "updated_state"
 LossFn = Callable[[Any, dict, Any, jax.Array], tuple[jax.Array, dict]]
 
 
@@ -36,6 +41,9 @@ def train_step(state: state_lib.TrainState, batch: dict, context: Any,
       state.params, batch, context, rng)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
+  updated = metrics.pop(UPDATED_STATE, None)
+  if updated is not None:
+    params = state_lib.overlay(params, updated)
   scalars = {k: v for k, v in metrics.items() if jnp.ndim(v) == 0}
   scalars.update(
       loss=loss,
