@@ -1,142 +1,120 @@
-"""InCTRL training: a tiny config learns on synthetic defects.
+"""InCTRL training recipe: optimizer defaults and a learning test.
 
-Auxiliary classes "alpha" and "beta" (generated product images with noise and
-random shifts, procedural colour/blob defects) train the heads; the held-out
-class "gamma" is scored with K = 2 normal prompts before and after training.
+Learning test (slow), through the generic loop: auxiliary classes "alpha"
+and "beta" (generated product images with noise and random shifts,
+procedural colour/blob defects) train the heads; the held-out class "gamma"
+(`data.holdout_classes`) is scored against K = 2 prompts drawn once from its
+train/good normals, before and after 60 steps.
 
 What is asserted: the held-out AUROC of the trained head's score s_h rises
-above its untrained value. On a random tiny backbone the training-free patch
-residual s_p is already strong (AUROC ~0.8 here) and the final score
-(s_h + s_p) / 2 moves either way by a few points, so it is reported in the
-assertion message, not asserted.
+above its untrained value, and the loss falls. On a random tiny backbone the
+training-free patch residual s_p is already strong (image AUROC ~0.87 here)
+and the final score (s_h + s_p) / 2 does not improve on it (0.87 -> ~0.77
+after 60 steps, back to ~0.87 after 200), so the final score's held-out
+AUROC (the generic evaluator's `image_auroc`) is reported in the assertion
+message, not asserted.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import pathlib
 
 import jax
 import numpy as np
 import pytest
+from PIL import Image
 
-import inctrl_golden_utils as G
-
+from test_inctrl_generic_train import tiny_config
 from moeclip_jax.data import synthetic
-from moeclip_jax.data import transforms
-from moeclip_jax.methods.inctrl import detector
 from moeclip_jax.methods.inctrl import fewshot
-from moeclip_jax.methods.inctrl import model as M
-from moeclip_jax.methods.inctrl import text as inctrl_text
-from moeclip_jax.methods.inctrl import train
-from moeclip_jax.methods.inctrl import train_main
-from moeclip_jax.models import clip_config
-from moeclip_jax.models import tokenize
+from moeclip_jax.methods.inctrl import model as model_lib
+from moeclip_jax.optim import masks
+from moeclip_jax.optim import optimizers
+from moeclip_jax.train import evaluator
+from moeclip_jax.train import loop
 
 SIZE = 64
-CFG = transforms.get_preprocess({"preset": "inctrl", "size": SIZE,
-                                 "crop": SIZE})
 
 
-def _class_images(seed: int, n: int) -> tuple[np.ndarray, np.ndarray]:
-  """n normal and n anomalous normalised images of one synthetic class."""
+def test_optimizer_is_torch_adamw(tmp_path):
+  optim = tiny_config(tmp_path).optim
+  assert (optim.name, optim.lr, optim.b1, optim.b2, optim.eps) == (
+      "adamw", 1e-3, 0.9, 0.999, 1e-8)
+  params = {"w": np.ones(3, np.float32), "f": np.ones(3, np.float32),
+            "s": np.ones(3, np.float32)}
+  labels = {"w": masks.TRAINABLE, "f": masks.FROZEN, "s": masks.STATE}
+  tx = optimizers.make_tx(optim, labels)
+  zeros = jax.tree.map(np.zeros_like, params)
+  updates, _ = tx.update(zeros, tx.init(params), params)
+  # Zero gradient: only decoupled weight decay, lr * 0.01 * w (torch's
+  # default decay; optax's adamw default would give 1e-4).
+  np.testing.assert_allclose(np.asarray(updates["w"]), -1e-3 * 0.01,
+                             rtol=1e-6)
+  assert not np.any(updates["f"]) and not np.any(updates["s"])
+
+
+def _write_class(root: pathlib.Path, name: str, seed: int, n: int) -> None:
+  """n normals (half train/good, half test/good) and n colour/blob defects."""
   rng = np.random.default_rng(seed)
   base = synthetic.base_image((SIZE, SIZE), seed).astype(np.float32)
-  normals, anomalies = [], []
-  for _ in range(n):
+
+  def save(path, arr):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+
+  for i in range(n):
     img = np.roll(base, tuple(rng.integers(-6, 7, 2)), (0, 1))
     img = np.clip(img + rng.normal(0, 40, img.shape), 0, 255).astype(np.uint8)
-    normals.append(transforms.normalize(img, CFG))
-    bad, _, _ = synthetic.apply(img, rng, kinds=("colour", "blob"))
-    anomalies.append(transforms.normalize(bad, CFG))
-  return np.stack(normals), np.stack(anomalies)
+    split = "train" if i < n // 2 else "test"
+    save(root / name / split / "good" / f"{i:03d}.png", img)
+    bad, mask, _ = synthetic.apply(img, rng, kinds=("colour", "blob"))
+    save(root / name / "test" / "defect" / f"{i:03d}.png", bad)
+    save(root / name / "ground_truth" / "defect" / f"{i:03d}_mask.png", mask)
 
 
-@pytest.fixture(scope="module")
-def setup():
-  config = clip_config.get_config("tiny-test", image_size=SIZE)
-  model = M.InCTRL(clip_config=config, feature_layers=(1, 2, 3))
-  variables = M.init_variables(model, jax.random.key(0), shots=2)
-  data = {name: _class_images(seed, 16)
-          for name, seed in (("alpha", 1), ("beta", 2), ("gamma", 3))}
-  cache = inctrl_text.TextFeatureCache.from_model(
-      model, variables["params"], tokenize.load_tokenizer())
-  return model, variables, data, cache
-
-
-def _heldout_auroc(model, variables, data, cache) -> dict[str, float]:
-  """Held-out AUROC of the final score and of the trained head's s_h."""
-  normals, anomalies = data["gamma"]
-  prompts = normals[:2]
-  queries = np.concatenate([normals[2:], anomalies[2:]])
-  labels = np.array([0] * (len(normals) - 2) + [1] * (len(anomalies) - 2))
-  score, aux = jax.jit(model.apply)(variables, queries, prompts,
-                                    cache("gamma"))
-  return {k: fewshot.image_metrics(np.asarray(v), labels)["auroc"]
-          for k, v in (("final", score), ("s_h", aux["holistic_score"]))}
+def _holistic_auroc(run) -> float:
+  """Held-out image AUROC of the trained head's score s_h."""
+  method, params = run.method, run.state.params
+  towers = {k: params["params"][k] for k in ("img", "txt")}
+  scores, labels = [], []
+  for batch in run.data.holdout_loader():
+    valid = np.asarray(batch["valid"], bool)
+    query = method.module.apply({"params": towers}, batch["image"],
+                                method=model_lib.InCTRL.encode_images)
+    ids = batch["class_id"]
+    prompts = jax.tree.map(lambda x: x[ids], run.context["prompts"])
+    _, aux = method.module.apply(params, query, prompts,
+                                 run.context["text"][ids],
+                                 method=model_lib.InCTRL.score_features)
+    scores.append(np.asarray(aux["holistic_score"])[valid])
+    labels.append(np.asarray(batch["label"])[valid])
+  return fewshot.image_metrics(np.concatenate(scores),
+                               np.concatenate(labels))["auroc"]
 
 
 @pytest.mark.slow
-def test_training_raises_heldout_auroc(setup):
-  model, variables, data, cache = setup
-  before = _heldout_auroc(model, variables, data, cache)
-  sampler = train.EpisodeSampler(
-      normals={c: data[c][0] for c in ("alpha", "beta")},
-      anomalies={c: data[c][1] for c in ("alpha", "beta")},
-      shots=2, per_label=4, seed=10)
-  trained, history = train.fit(model, variables, sampler, cache, steps=60,
-                               log_every=20)
-  after = _heldout_auroc(model, trained, data, cache)
-  assert history[-1]["loss"] < history[0]["loss"], history
-  assert after["s_h"] > before["s_h"] + 0.05, (before, after, history)
-  # The towers are untouched; BN running statistics moved.
-  np.testing.assert_array_equal(
-      trained["params"]["img"]["conv1"]["kernel"],
-      variables["params"]["img"]["conv1"]["kernel"])
-  assert not np.allclose(trained["batch_stats"]["diff_head"]["bn2"]["mean"],
-                         variables["batch_stats"]["diff_head"]["bn2"]["mean"])
-  # bn1 is unused, so its statistics never move.
-  np.testing.assert_array_equal(
-      trained["batch_stats"]["diff_head"]["bn1"]["var"],
-      variables["batch_stats"]["diff_head"]["bn1"]["var"])
-
-
-def test_optimizer_is_torch_adamw():
-  tx = train.make_optimizer()
-  params = {"w": np.ones(3, np.float32)}
-  state = tx.init(params)
-  grads = {"w": np.zeros(3, np.float32)}
-  updates, _ = tx.update(grads, state, params)
-  # Zero gradient: only decoupled weight decay, lr * 0.01 * w.
-  np.testing.assert_allclose(np.asarray(updates["w"]), -1e-3 * 0.01, rtol=1e-6)
-
-
-def test_sampler_balances_and_pairs_classes():
-  normals = {"a": np.zeros((5, 2)), "b": np.ones((5, 2))}
-  anomalies = {"a": np.zeros((3, 2)) + 10, "b": np.ones((3, 2)) + 10}
-  sampler = train.EpisodeSampler(normals, anomalies, shots=3, per_label=4)
-  for _ in range(3):
-    batch, names = sampler.sample()
-    assert batch["label"].tolist() == [0] * 4 + [1] * 4
-    assert batch["prompts"].shape == (8, 3, 2)
-    for prompts, name in zip(batch["prompts"], names):
-      assert np.all(prompts == (0.0 if name == "a" else 1.0))
-
-
-@pytest.mark.slow
-def test_train_main_writes_loadable_checkpoints(tmp_path):
-  synthetic.write_mvtec_tree(str(tmp_path / "aux"), ("widget", "gadget"),
-                             n_train=4, n_good=2, n_bad=4, size=(48, 48))
-  path = G.REPO_ROOT / "configs" / "inctrl_vitb16p_240.py"
-  spec = importlib.util.spec_from_file_location("inctrl_cfg", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config()
-  c.backbone.variant, c.backbone.image_size = "tiny-test", 32
-  c.model.feature_layers = (1, 2, 3)
-  c.data.root, c.data.per_label = str(tmp_path / "aux"), 2
-  c.epochs, c.steps_per_epoch, c.log_every = 2, 2, 1
-  history = train_main.train(c, str(tmp_path / "run"))
-  assert len(history) == 4 and all(np.isfinite(h["loss"]) for h in history)
-  model, variables = detector.load_variables(tmp_path / "run" / "checkpoint_2")
-  assert model.feature_layers == (1, 2, 3)
-  assert set(variables) == {"params", "batch_stats"}
+def test_training_raises_heldout_auroc(tmp_path):
+  root = tmp_path / "aux"
+  for name, seed in (("alpha", 1), ("beta", 2), ("gamma", 3)):
+    _write_class(root, name, seed, 16)
+  config = tiny_config(root, total_steps=60, log_every=1, ckpt_every=60,
+                       **{"backbone.image_size": SIZE,
+                          "data.holdout_classes": ("gamma",)})
+  run = loop.setup(config, tmp_path / "run")
+  loop.build_state(run)
+  run.data = loop.make_data(run)
+  run.context = run.method.make_context(run.state.params,
+                                        run.data.class_names)
+  loop.restore(run)
+  final_before = evaluator.evaluate_holdout(run, 0)["mean"]["image_auroc"]
+  before = _holistic_auroc(run)
+  loop.loop(run)
+  run.manager.wait_until_finished()
+  final_after = evaluator.evaluate_holdout(run, 60)["mean"]["image_auroc"]
+  after = _holistic_auroc(run)
+  losses = [h["loss"] for h in run.history if "loss" in h]
+  note = dict(s_h=(before, after), final=(final_before, final_after))
+  assert np.mean(losses[-10:]) < np.mean(losses[:10]), (note, losses)
+  assert after > before + 0.05, note
+  assert {r.class_name for r in run.data.holdout} == {"gamma"}
+  assert "gamma" not in run.data.normals

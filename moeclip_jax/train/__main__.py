@@ -6,6 +6,9 @@ Examples:
       --config.data.root=/data/VisA
   python -m moeclip_jax.train --config configs/moeclip_tiny.py \
       --workdir runs/tiny --config.data.root=synthetic_mvtec --config.total_steps=200
+  python -m moeclip_jax.train --config configs/inctrl_vitb16p_240.py \
+      --workdir runs/inctrl --config.data.root=/data/mvtec \
+      --config.backbone.checkpoint=ckpt/openclip_b16p240
 
 Resumes automatically from the latest checkpoint in --workdir.
 """
@@ -45,13 +48,6 @@ def _main(argv):
   if _CONFIG.value is None or _WORKDIR.value is None:
     raise app.UsageError("--config and --workdir are required")
   maybe_initialize_distributed(_DISTRIBUTED.value)
-  if _CONFIG.value.method == "inctrl":
-    # InCTRL's BatchNorm heads need running statistics that the generic
-    # state does not carry yet: its own pure step and episode sampler.
-    from moeclip_jax.methods.inctrl import train_main  # pylint: disable=g-import-not-at-top
-    history = train_main.train(_CONFIG.value, _WORKDIR.value)
-    print(f"done: {history[-1] if history else {}}")
-    return
   from moeclip_jax.train import loop  # pylint: disable=g-import-not-at-top
   run = loop.train(_CONFIG.value, _WORKDIR.value)
   last = run.history[-1] if run.history else {}

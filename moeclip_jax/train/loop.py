@@ -255,7 +255,7 @@ def train(config, workdir) -> Run:
   if run.manager.latest_step() != final:
     _save(run, final, force=True)
   run.manager.wait_until_finished()
-  if config.eval_every:
+  if config.eval_every and final % config.eval_every:  # else done in loop
     evaluator.evaluate_holdout(run, final)
   evaluator.export_detector(run)
   if run.writer is not None:

@@ -13,8 +13,8 @@ import logging
 import sys
 
 
-from moeclip_jax.methods.moeclip import maps
 from moeclip_jax.utils import images as image_utils
+from moeclip_jax.verbs import adapters
 from moeclip_jax.verbs import calibration
 from moeclip_jax.verbs import common
 from moeclip_jax.verbs import inference
@@ -26,6 +26,8 @@ EXAMPLES = """
       --class-name bottle --fpr 0.01
   moeclip-jax calibrate --checkpoint runs/tiny/detector --dataset mvtec \\
       --root /data/mvtec --f1
+  moeclip-jax calibrate --checkpoint ckpt/inctrl_k2 --normal good/ \\
+      --class-name candle --prompts prompts/ --fpr 0.05
 """
 
 
@@ -46,16 +48,18 @@ def build_parser():
                     help="target false-positive rate (default 0.01)")
   rule.add_argument("--f1", action="store_true",
                     help="F1-optimal threshold (labelled data only)")
-  p.add_argument("--domain", default=None, help="industrial | medical")
+  p.add_argument("--domain", default=None,
+                 help="industrial | medical (MoECLIP)")
   p.add_argument("--dataset-prompts", default=None,
-                 help="dataset whose prompt nouns to use")
+                 help="dataset whose prompt nouns to use (MoECLIP)")
   p.add_argument("--batch-size", type=int, default=8)
   p.add_argument("--replace", action="store_true",
                  help="drop classes calibrated earlier")
+  adapters.add_method_flags(p, "calibrate")
   return p
 
 
-def _from_normal(detector, args, domain):
+def _from_normal(adapter, args):
   paths, problems = common.list_images(args.normal)
   images = []
   for path in paths:
@@ -69,31 +73,37 @@ def _from_normal(detector, args, domain):
     raise ValueError(f"no readable images in {args.normal}")
   name = args.class_name or calibration.ANY_CLASS
   prompt_class = args.class_name or "object"
-  raw_maps, scores = inference.predict_images(
-      detector, images, prompt_class, domain, args.dataset_prompts,
-      args.batch_size, desc="calibrate")
-  entry = calibration.calibrate_class(raw_maps, scores, domain, "quantile",
-                                      args.fpr)
+  adapter.begin_predict(None, prompt_class, None)
+  extra = adapter.calibration_entry(images, prompt_class, args.batch_size)
+  raw_maps, scores = adapter.predict_images(
+      images, prompt_class, args.batch_size, extra or None, desc="calibrate")
+  entry = calibration.calibrate_class(raw_maps, scores, adapter.domain,
+                                      "quantile", args.fpr,
+                                      fuse=adapter.fuses_scores)
+  entry.update(extra, **adapter.calibration_extras(None, None))
   return {name: entry}, {"kind": "normal", "inputs": list(args.normal),
                          "skipped": problems}
 
 
-def _from_dataset(detector, args, domain):
+def _from_dataset(adapter, args):
   if args.root is None and args.dataset != "elpv":
     raise ValueError("--dataset needs --root")
   spec = inference.DatasetSpec(args.dataset, args.root, args.split,
                                common.parse_class_names(args.class_names))
-  pred = inference.predict_records(detector, inference.scan_records(spec),
-                                   domain, args.batch_size,
-                                   args.dataset_prompts)
+  all_records = inference.scan_all(spec)
+  pred, _ = next(iter(adapter.eval_runs(
+      inference.scan_records(spec, all_records), all_records,
+      args.batch_size)))
   rule = "f1" if args.f1 else "fpr"
   classes = {}
   for cid, name in enumerate(pred["class_names"]):
     sel = pred["class_ids"] == cid
     masks = pred["masks"][sel] if pred["has_mask"][sel].any() else None
     classes[name] = calibration.calibrate_class(
-        pred["maps"][sel], pred["image_scores"][sel], domain, rule, args.fpr,
-        labels=pred["labels"][sel], masks=masks)
+        pred["maps"][sel], pred["image_scores"][sel], adapter.domain, rule,
+        args.fpr, labels=pred["labels"][sel], masks=masks,
+        fuse=adapter.fuses_scores)
+    classes[name].update(adapter.calibration_extras(pred, cid))
   return classes, {"kind": "dataset", "dataset": args.dataset,
                    "root": args.root, "split": args.split}
 
@@ -101,16 +111,24 @@ def _from_dataset(detector, args, domain):
 def run(args) -> dict:
   """Loads the detector, calibrates, writes calibration.json."""
   common.add_log_file(args.checkpoint, "calibrate")
-  return calibrate_detector(common.load_detector(args.checkpoint), args)
+  return calibrate_detector(common.load_adapter(
+      args.checkpoint, adapters.Options.from_args(args)), args)
 
 
 def calibrate_detector(detector, args) -> dict:
-  """Calibrates a loaded detector (parsed `args` of this verb) and writes
-  calibration.json into args.checkpoint; returns its content."""
-  domain = maps.canonical_domain(args.domain or detector.default_domain)
+  """Calibrates a loaded detector (or its adapter; parsed `args` of this
+  verb) and writes calibration.json into args.checkpoint; returns it."""
+  adapter = adapters.make_adapter(detector, args.checkpoint,
+                                  adapters.Options.from_args(args))
+  if not args.replace:
+    calibration.check_method(calibration.load(args.checkpoint), adapter.name,
+                             args.checkpoint)
   build = _from_normal if args.normal else _from_dataset
-  classes, source = build(detector, args, domain)
-  result = {"format": calibration.FORMAT, "domain": domain,
+  classes, source = build(adapter, args)
+  result = {"format": calibration.FORMAT, "domain": adapter.domain,
+            "method": adapter.name,
+            "score_rule": ("moeclip_fusion" if adapter.fuses_scores
+                           else "image_score"),
             "rule": "f1" if args.f1 else ("quantile" if args.normal
                                           else "fpr"),
             "fpr": None if args.f1 else args.fpr, "source": source,

@@ -14,6 +14,12 @@ stored extremes exactly when the calibration set left [0, 1], then fused
 (industrial 0.5 max(map) + 0.5 score, medical max(map)). The image threshold
 applies to that fused score, the map threshold to the normalised map; a
 prediction is anomalous when `score >= threshold`.
+
+Other methods (top-level "method": "inctrl" | "anomalymoe", "score_rule":
+"image_score"): the threshold applies to the detector's own image score
+(no fusion); entries add "prompts" (InCTRL: the prompt set's paths and
+fingerprint) or "class_min_max" (AnomalyMoE: [3, 2] per-level statistics
+used by predict). A file without "method" is MoECLIP's.
 """
 
 from __future__ import annotations
@@ -56,7 +62,8 @@ def normalise_scores(raw_scores: np.ndarray, stats: dict) -> np.ndarray:
   return ((raw_scores - stats["score_min"]) / span).astype(np.float32)
 
 
-def fused_score(raw_maps, raw_scores, stats: dict, domain: str):
+def fused_score(raw_maps, raw_scores, stats: dict, domain: str | None,
+                fuse: bool = True):
   """Single-image MoECLIP score with stored statistics.
 
   Args:
@@ -64,11 +71,15 @@ def fused_score(raw_maps, raw_scores, stats: dict, domain: str):
     raw_scores: float[N] detector image scores.
     stats: a calibration class entry.
     domain: "industrial" or "medical".
+    fuse: False for methods whose image score is final (InCTRL,
+      AnomalyMoE): the score is returned as given, only maps are normalised.
 
   Returns:
     (normalised maps float[N, H, W], fused scores float[N]).
   """
   maps_n = normalise_maps(np.asarray(raw_maps), stats)
+  if not fuse:
+    return maps_n, np.asarray(raw_scores, np.float32)
   scores_n = normalise_scores(np.asarray(raw_scores), stats)
   return maps_n, maps.fuse_image_scores(maps_n, scores_n, domain)
 
@@ -106,14 +117,15 @@ def thresholds(fused: np.ndarray, labels: np.ndarray | None,
   return float(img["f1_threshold"]), float(map_thr)
 
 
-def calibrate_class(raw_maps, raw_scores, domain: str, rule: str, fpr: float,
-                    labels=None, masks=None) -> dict[str, Any]:
+def calibrate_class(raw_maps, raw_scores, domain: str | None, rule: str,
+                    fpr: float, labels=None, masks=None,
+                    fuse: bool = True) -> dict[str, Any]:
   """Statistics + thresholds of one class (see the module docstring)."""
   labels = None if labels is None else np.asarray(labels).astype(int)
   normal = slice(None) if labels is None else labels == 0
   stats = class_stats(raw_maps[normal], raw_scores[normal]) if rule != "f1" \
       else class_stats(raw_maps, raw_scores)
-  maps_n, fused = fused_score(raw_maps, raw_scores, stats, domain)
+  maps_n, fused = fused_score(raw_maps, raw_scores, stats, domain, fuse)
   thr, map_thr = thresholds(fused, labels, maps_n, masks, rule, fpr)
   return dict(stats, threshold=thr, map_threshold=map_thr,
               num_images=int(len(raw_scores)),
@@ -145,6 +157,17 @@ def save(checkpoint_dir, calibration: dict, merge: bool = True
     calibration = dict(calibration,
                        classes={**old["classes"], **calibration["classes"]})
   return io.write_json(path_in(checkpoint_dir), calibration)
+
+
+def check_method(calibration: dict | None, method: str, checkpoint_dir):
+  """Raises ValueError when calibration.json belongs to another method."""
+  if calibration is None:
+    return
+  stored = calibration.get("method", "moeclip")
+  if stored != method:
+    raise ValueError(f"{path_in(checkpoint_dir)}: written for {stored!r}, "
+                     f"the checkpoint is {method!r} (re-run calibrate with "
+                     "--replace)")
 
 
 def entry_for(calibration: dict | None, class_name: str) -> dict | None:

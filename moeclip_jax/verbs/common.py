@@ -44,8 +44,14 @@ def add_log_file(out_dir, verb: str) -> pathlib.Path:
 
 def quiet_console() -> None:
   """Console shows warnings only (INFO goes to the log file): installs a
-  WARNING stderr handler on the root logger before anyone's basicConfig."""
+  WARNING stderr handler on the root logger before anyone's basicConfig;
+  console handlers an import installed at level NOTSET (grain's / absl's
+  import does) are raised to WARNING."""
   root = logging.getLogger()
+  for handler in root.handlers:
+    if (type(handler) is logging.StreamHandler  # pylint: disable=unidiomatic-typecheck
+        and handler.level == logging.NOTSET):
+      handler.setLevel(logging.WARNING)
   if not root.handlers:
     handler = logging.StreamHandler()
     handler.setLevel(logging.WARNING)
@@ -107,16 +113,24 @@ def parse_class_names(values: Sequence[str] | None) -> list[str] | None:
 
 
 def load_detector(checkpoint_dir):
-  """`moeclip_jax.load_detector`, limited to the methods these verbs serve.
+  """`moeclip_jax.load_detector`: the method comes from config.json."""
+  import moeclip_jax  # pylint: disable=g-import-not-at-top
+  return moeclip_jax.load_detector(checkpoint_dir)
+
+
+def load_adapter(checkpoint_dir, options=None):
+  """The loaded detector wrapped in its method's verb adapter.
 
   Raises:
-    ValueError: a detector of another method (e.g. InCTRL needs few-shot
-      normal prompts, which predict/eval do not provide yet).
+    ValueError: a method these verbs do not serve, or method flags
+      (`options`) the method does not use.
   """
-  import moeclip_jax  # pylint: disable=g-import-not-at-top
-  detector = moeclip_jax.load_detector(checkpoint_dir)
-  method = getattr(detector, "method", None)
-  if method != "moeclip":
-    raise ValueError(f"{checkpoint_dir}: method {method!r}; eval / predict / "
-                     "calibrate / export support MoECLIP detectors only")
-  return detector
+  import json  # pylint: disable=g-import-not-at-top
+  from moeclip_jax.verbs import adapters  # pylint: disable=g-import-not-at-top
+  config = pathlib.Path(checkpoint_dir) / "config.json"
+  if config.is_file():  # flags are checked before the (slow) load
+    method = json.loads(config.read_text()).get("method")
+    adapters.check_flags(adapters.adapter_class(method, checkpoint_dir),
+                         options, checkpoint_dir)
+  return adapters.make_adapter(load_detector(checkpoint_dir), checkpoint_dir,
+                               options)

@@ -10,6 +10,7 @@ in OUT/tb/ and a log file OUT/eval.log.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -22,14 +23,17 @@ import numpy as np
 from moeclip_jax.eval import evaluate as eval_lib
 from moeclip_jax.eval import protocols
 from moeclip_jax.eval import reports
-from moeclip_jax.methods.moeclip import maps
 from moeclip_jax.utils import images as image_utils
+from moeclip_jax.utils import io
+from moeclip_jax.verbs import adapters
 from moeclip_jax.verbs import common
+from moeclip_jax.verbs import draws
 from moeclip_jax.verbs import inference
 from moeclip_jax.verbs import overlay
 
 log = logging.getLogger("moeclip_jax.verbs")
-DEFAULT_PROTOCOL = "moeclip-released"
+DEFAULT_PROTOCOL = "moeclip-released"  # MoECLIP's; others default to raw
+EXTRA_KEYS = ("std", "prompt_draws")
 
 EXAMPLES = """
   moeclip-jax eval --checkpoint runs/visa/detector --dataset mvtec \\
@@ -37,6 +41,8 @@ EXAMPLES = """
   moeclip-jax eval --checkpoint ckpt --dataset visa --root /data/VisA \\
       --class-names candle pcb1 --protocol raw --out results/visa
   python -m moeclip_jax.eval --checkpoint ckpt --dataset elpv --out res/
+  moeclip-jax eval --checkpoint ckpt/inctrl_k2 --dataset visa \\
+      --root /data/VisA --shots 4 --prompt-draws 5 --out results/inctrl
 """
 
 
@@ -48,11 +54,15 @@ def build_parser():
   p.add_argument("--root", default=None, help="dataset root folder")
   p.add_argument("--split", default="test", help="split to evaluate ('all')")
   p.add_argument("--class-names", nargs="*", help="classes to evaluate")
-  p.add_argument("--protocol", default=DEFAULT_PROTOCOL,
-                 help=f"one of {sorted(protocols.PROTOCOLS)} (+ ':opt=v')")
-  p.add_argument("--domain", default=None, help="industrial | medical")
+  p.add_argument("--protocol", default=None,
+                 help=f"one of {sorted(protocols.PROTOCOLS)} (+ ':opt=v'); "
+                      f"default {DEFAULT_PROTOCOL} for MoECLIP, raw for "
+                      "InCTRL / AnomalyMoE")
+  p.add_argument("--domain", default=None,
+                 help="industrial | medical (MoECLIP)")
   p.add_argument("--dataset-prompts", default=None,
-                 help="dataset whose prompt nouns to use (default: search)")
+                 help="dataset whose prompt nouns to use (MoECLIP; "
+                      "default: search)")
   p.add_argument("--batch-size", type=int, default=8)
   p.add_argument("--map-size", type=int, default=None,
                  help="evaluate maps at this size (must divide the model "
@@ -60,6 +70,7 @@ def build_parser():
   p.add_argument("--overlays", type=int, default=4,
                  help="overlays per class (half anomalous, half normal)")
   p.add_argument("--out", required=True, help="output folder")
+  adapters.add_method_flags(p, "eval")
   return p
 
 
@@ -75,33 +86,74 @@ def checkpoint_hash(checkpoint_dir) -> str:
 
 
 def evaluate_checkpoint(detector, spec: inference.DatasetSpec, out,
-                        protocol: str = DEFAULT_PROTOCOL,
+                        protocol: str | None = None,
                         domain: str | None = None, batch_size: int = 8,
                         dataset_prompts: str | None = None,
                         map_size: int | None = None,
-                        overlays_per_class: int = 4) -> dict[str, Any]:
-  """Predicts, evaluates and writes every report file; returns the report."""
+                        overlays_per_class: int = 4,
+                        options: adapters.Options | None = None
+                        ) -> dict[str, Any]:
+  """Predicts, evaluates and writes every report file; returns the report.
+
+  `detector`: a loaded detector or its `adapters.Adapter`; `domain` and
+  `dataset_prompts` are MoECLIP's options (also accepted in `options`).
+  """
   out = pathlib.Path(out)
-  domain = maps.canonical_domain(domain or detector.default_domain)
-  records = inference.scan_records(spec)
-  pred = inference.predict_records(detector, records, domain, batch_size,
-                                   dataset_prompts, map_size)
+  given = {k: v for k, v in (("domain", domain),
+                             ("dataset_prompts", dataset_prompts))
+           if v is not None}
+  if given:
+    options = dataclasses.replace(options or adapters.Options(), **given)
+  adapter = adapters.make_adapter(detector, options=options)
+  protocol = protocol or adapter.default_protocol
+  all_records = inference.scan_all(spec)
+  records = inference.scan_records(spec, all_records)
+  meta = {"checkpoint": str(adapter.checkpoint_dir),
+          "checkpoint_hash": checkpoint_hash(adapter.checkpoint_dir),
+          "dataset": spec.name, "root": spec.root, "split": spec.split,
+          **adapter.run_facts()}
+  runs, first = [], None
+  for pred, facts in adapter.eval_runs(records, all_records, batch_size,
+                                       map_size):
+    runs.append((_evaluate(pred, protocol, adapter.domain,
+                           {**meta, **facts}), facts))
+    first = first or pred
+  if adapter.name == "inctrl":
+    report = draws.aggregate([r for r, _ in runs], [f for _, f in runs],
+                             getattr(adapter, "shots", None))
+    if len(runs) > 1:
+      for i, (r, _) in enumerate(runs):
+        reports.write_reports(r, str(out / "draws" / f"draw_{i}"))
+  else:
+    report = runs[0][0]
+  write_all_reports(report, out)
+  write_overlays(first, records, out / "overlays", overlays_per_class,
+                 adapter.map_to_image)
+  common.tensorboard_scalars(out / "tb", {f"eval/{k}": v for k, v in
+                                          report["mean"].items()})
+  return report
+
+
+def _evaluate(pred, protocol, domain, meta) -> dict[str, Any]:
   names = np.asarray(pred["class_names"])[pred["class_ids"]]
   with_masks = bool(pred["has_mask"].any())
-  meta = {"checkpoint": str(detector.checkpoint_dir),
-          "checkpoint_hash": checkpoint_hash(detector.checkpoint_dir),
-          "dataset": spec.name, "root": spec.root, "split": spec.split,
-          "producer_smoothing": f"MoECLIP {domain} blur on the patch grid"}
-  report = eval_lib.evaluate(
+  return eval_lib.evaluate(
       pred["image_scores"], pred["labels"], names,
       anomaly_maps=pred["maps"] if with_masks else None,
       masks=(pred["masks"] > 0.5) if with_masks else None,
       protocol=protocol, domains=domain, metadata=meta)
-  reports.write_reports(report, str(out))
-  write_overlays(pred, records, out / "overlays", overlays_per_class)
-  common.tensorboard_scalars(out / "tb", {f"eval/{k}": v for k, v in
-                                          report["mean"].items()})
-  return report
+
+
+def write_all_reports(report, out) -> None:
+  """metrics.json/csv, protocol.json, details.json; metrics.json also
+  gets "std" and "prompt_draws" when the report has them."""
+  paths = reports.write_reports(report, str(out))
+  extra = {k: report[k] for k in EXTRA_KEYS if k in report}
+  if extra:
+    path = pathlib.Path(paths["metrics"])
+    metrics = json.loads(path.read_text())
+    io.write_text(path, json.dumps({**metrics, **extra}, indent=2,
+                                   allow_nan=False) + "\n")
 
 
 def _sample(pred, cid: int, per_class: int) -> list[int]:
@@ -112,11 +164,13 @@ def _sample(pred, cid: int, per_class: int) -> list[int]:
   return bad + good[:per_class - len(bad)]
 
 
-def write_overlays(pred, records, folder, per_class: int) -> list[str]:
+def write_overlays(pred, records, folder, per_class: int,
+                   to_image=overlay.resize_map) -> list[str]:
   """[original | heatmap | contour] PNGs of a sample per class.
 
   Maps are shown after the class's joint min-max (the protocol's view);
-  the contour is drawn at 0.5 of that range.
+  the contour is drawn at 0.5 of that range. `to_image(map, (H, W))`
+  puts a model-size map on the original image.
   """
   written = []
   for cid, name in enumerate(pred["class_names"]):
@@ -125,7 +179,8 @@ def write_overlays(pred, records, folder, per_class: int) -> list[str]:
     for i in _sample(pred, cid, per_class):
       record = records[int(pred["index"][i])]
       image = image_utils.load_rgb(record.image_path)
-      shown = (pred["maps"][i] - lo) / max(hi - lo, 1e-12)
+      shown = to_image((pred["maps"][i] - lo) / max(hi - lo, 1e-12),
+                       image.shape[:2])
       tag = "anomalous" if pred["labels"][i] else "normal"
       stem = pathlib.Path(record.image_path).stem
       target = pathlib.Path(folder) / name / f"{tag}_{stem}_{i}.png"
@@ -137,16 +192,27 @@ def write_overlays(pred, records, folder, per_class: int) -> list[str]:
 def run(args) -> dict[str, Any]:
   out = pathlib.Path(args.out)
   common.add_log_file(out, "eval")
-  detector = common.load_detector(args.checkpoint)
+  adapter = common.load_adapter(args.checkpoint,
+                                adapters.Options.from_args(args))
   spec = inference.DatasetSpec(args.dataset, args.root, args.split,
                                common.parse_class_names(args.class_names))
   report = evaluate_checkpoint(
-      detector, spec, out, args.protocol, args.domain, args.batch_size,
-      args.dataset_prompts, args.map_size, args.overlays)
+      adapter, spec, out, args.protocol, batch_size=args.batch_size,
+      map_size=args.map_size, overlays_per_class=args.overlays)
   common.console().print(reports.rich_table(report))
+  if "std" in report:
+    _print_draws(report)
   log.info("eval means %s", json.dumps(report["mean"]))
   print(f"wrote {out / reports.METRICS_FILE}")
   return report
+
+
+def _print_draws(report) -> None:
+  draws_ = report["prompt_draws"]
+  parts = [f"{k} {v:.4f} +- {report['std']['mean'][k]:.4f}"
+           for k, v in report["mean"].items() if v is not None]
+  common.console().print(f"K={draws_['shots']} over {draws_['num_draws']} "
+                         f"prompt draw(s): " + ", ".join(parts))
 
 
 def main(argv=None) -> int:

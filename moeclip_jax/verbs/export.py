@@ -11,6 +11,8 @@ OUT/
   export.json        image size, domain, normalisation, classes, platforms
 
 `load_exported(OUT)` runs it with jax + numpy + PIL only (no model code).
+InCTRL and AnomalyMoE exports (their own inputs: K prompt images / per-class
+map statistics) are described in export_methods.py.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ EXAMPLES = """
   moeclip-jax export --checkpoint runs/tiny/detector --out exported/
   moeclip-jax export --checkpoint ckpt --class-names bottle cable \\
       --platforms cpu cuda --out exported/
+  moeclip-jax export --checkpoint ckpt/inctrl_k2 --class-names candle \\
+      --out exported_inctrl/
 """
 
 
@@ -48,10 +52,14 @@ def build_parser():
   p.add_argument("--class-names", nargs="*",
                  help="classes whose text matrices to include (default: "
                       "calibrated classes and 'object')")
-  p.add_argument("--domain", default=None, help="industrial | medical")
-  p.add_argument("--dataset-prompts", default=None)
+  p.add_argument("--domain", default=None,
+                 help="industrial | medical (MoECLIP)")
+  p.add_argument("--dataset-prompts", default=None, help="(MoECLIP)")
   p.add_argument("--platforms", nargs="*", default=None,
                  help="lowering platforms (default: this machine's)")
+  p.add_argument("--shots", type=int, default=None,
+                 help="InCTRL: K prompt images the export takes (default: "
+                      "the checkpoint's `shots`, else 2)")
   return p
 
 
@@ -139,24 +147,68 @@ class ExportedDetector:
     return {"anomaly_map": np.asarray(amap), "image_score": np.asarray(score)}
 
 
-def load_exported(folder) -> ExportedDetector:
+def export_method(adapter, out, class_names: Sequence[str] = (),
+                  platforms: Sequence[str] | None = None) -> pathlib.Path:
+  """Exports an InCTRL / AnomalyMoE adapter (see export_methods.py)."""
+  from moeclip_jax.verbs import calibration  # pylint: disable=g-import-not-at-top
+  from moeclip_jax.verbs import export_methods  # pylint: disable=g-import-not-at-top
+  out = pathlib.Path(out)
+  out.mkdir(parents=True, exist_ok=True)
+  if adapter.name == "inctrl":
+    meta = export_methods.export_inctrl(adapter, out, class_names, platforms,
+                                        GENERIC_CLASS)
+  else:
+    meta = export_methods.export_anomalymoe(
+        adapter, out, class_names, calibration.load(adapter.checkpoint_dir),
+        platforms)
+  io.write_json(out / "export.json", {"format": FORMAT, **meta})
+  return out
+
+
+def load_exported(folder):
+  """`ExportedDetector` (MoECLIP) or `export_methods.ExportedMethod`."""
+  meta_path = pathlib.Path(folder) / "export.json"
+  if meta_path.is_file():
+    meta = json.loads(meta_path.read_text())
+    if meta.get("method", "moeclip") != "moeclip":
+      return _load_method(folder, meta)
   return ExportedDetector(folder)
+
+
+def _load_method(folder, meta):
+  from moeclip_jax.verbs import export_methods  # pylint: disable=g-import-not-at-top
+  folder = pathlib.Path(folder)
+  if meta.get("format") != FORMAT:
+    raise ValueError(f"{folder / 'export.json'}: format "
+                     f"{meta.get('format')!r}")
+  exported = jax.export.deserialize(
+      (folder / "predict.stablehlo").read_bytes())
+  with np.load(folder / "params.npz") as z:
+    params = [jnp.asarray(z[f"p{i}"]) for i in range(meta["num_params"])]
+  return export_methods.ExportedMethod(folder, meta, exported, params)
 
 
 def main(argv=None) -> int:
   args = build_parser().parse_args(argv)
+  from moeclip_jax.verbs import adapters  # pylint: disable=g-import-not-at-top
   from moeclip_jax.verbs import calibration  # pylint: disable=g-import-not-at-top
   from moeclip_jax.verbs import common  # pylint: disable=g-import-not-at-top
   try:
     common.add_log_file(args.out, "export")
-    detector = common.load_detector(args.checkpoint)
+    options = adapters.Options(domain=args.domain,
+                               dataset_prompts=args.dataset_prompts,
+                               shots=args.shots)
+    adapter = common.load_adapter(args.checkpoint, options)
     calib = calibration.load(args.checkpoint) or {"classes": {}}
     names = common.parse_class_names(args.class_names) or [
         c for c in calib["classes"] if c != calibration.ANY_CLASS]
-    out = export_detector(detector, args.out, names, args.domain,
-                          args.dataset_prompts, args.platforms)
+    if adapter.name == "moeclip":
+      out = export_detector(adapter.detector, args.out, names, args.domain,
+                            args.dataset_prompts, args.platforms)
+    else:
+      out = export_method(adapter, args.out, names, args.platforms)
   except (ValueError, FileNotFoundError, KeyError) as err:
     print(f"error: {err}", file=sys.stderr)
     return 2
-  print(f"wrote {out} (predict.stablehlo, params.npz, text.npz, export.json)")
+  print(f"wrote {out} (predict.stablehlo, params.npz, export.json, ...)")
   return 0

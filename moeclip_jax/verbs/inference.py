@@ -62,12 +62,21 @@ class DatasetSpec:
   options: dict = dataclasses.field(default_factory=dict)
 
 
-def scan_records(spec: DatasetSpec) -> list[rec.Record]:
-  """Records of the split (and classes); reader issues are logged."""
+def scan_all(spec: DatasetSpec) -> list[rec.Record]:
+  """Every record of the dataset (all splits); reader issues are logged."""
   result = readers.scan(spec.name, spec.root, **spec.options)
   for issue in result.issues:
     log.warning("data: %s", issue)
-  records = [r for r in result.records
+  return list(result.records)
+
+
+def scan_records(spec: DatasetSpec,
+                 all_records: Sequence[rec.Record] | None = None
+                 ) -> list[rec.Record]:
+  """Records of the split (and classes) of `scan_all(spec)`."""
+  if all_records is None:
+    all_records = scan_all(spec)
+  records = [r for r in all_records
              if spec.split == "all" or r.split == spec.split]
   if spec.class_names:
     known = set(r.class_name for r in records)
@@ -95,22 +104,36 @@ def predict_records(detector, records: Sequence[rec.Record], domain: str,
                     map_size: int | None = None) -> dict[str, Any]:
   """`predict_dataset` output (scores, labels, maps, masks, index, ...)
   plus "class_names" (the class vocabulary of `class_ids`)."""
-  from moeclip_jax.train import evaluator  # pylint: disable=g-import-not-at-top
   method = DetectorMethod(detector, domain)
   class_names = rec.class_names(records)
+  context = method.make_context(class_names, dataset_prompts)
+  return run_method(method, detector.params, context, records,
+                    {"preset": "moeclip", "size": detector.image_size},
+                    batch_size, map_size)
+
+
+def run_method(method, params, context, records: Sequence[rec.Record],
+               preprocess, batch_size: int = 8, map_size: int | None = None,
+               desc: str = "eval") -> dict[str, Any]:
+  """Any object with `predict_fn(params, batch, context)` over records.
+
+  The batch is sharded over the `data` mesh axis (static shapes, padding
+  dropped); `context` is indexed by the class ids of `rec.class_names(
+  records)`, returned as "class_names".
+  """
+  from moeclip_jax.sharding import partition  # pylint: disable=g-import-not-at-top
+  from moeclip_jax.train import evaluator  # pylint: disable=g-import-not-at-top
+  class_names = rec.class_names(records)
   mesh, batch = _mesh_and_batch(batch_size)
-  cfg = pipeline.PipelineConfig(
-      preprocess={"preset": "moeclip", "size": detector.image_size},
-      augment="none", batch_size=batch)
+  cfg = pipeline.PipelineConfig(preprocess=preprocess, augment="none",
+                                batch_size=batch)
   loader = pipeline.eval_loader(sources.RecordSource(records), class_names,
                                 cfg)
-  from moeclip_jax.sharding import partition  # pylint: disable=g-import-not-at-top
   repl = partition.replicated(mesh)
-  context = jax.device_put(method.make_context(class_names, dataset_prompts),
-                           repl)
-  params = jax.device_put(detector.params, repl)
+  context = jax.device_put(context, repl)
+  params = jax.device_put(params, repl)
   pred = evaluator.predict_dataset(method, params, context, loader, mesh,
-                                   map_size=map_size, desc="eval")
+                                   map_size=map_size, desc=desc)
   pred["class_names"] = class_names
   return pred
 

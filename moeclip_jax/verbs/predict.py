@@ -11,10 +11,13 @@ the run.
 Scores: with calibration statistics for the class (from `calibrate`) the
 score is MoECLIP's fused score; without them it is the detector's raw image
 score (det . t_abn + 1) / 2, and the contour uses the per-image min-max map.
+InCTRL and AnomalyMoE keep their own image score (no fusion); InCTRL needs
+--prompts (see verbs/adapter_inctrl.py, docs/cli.md "Methods").
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import pathlib
@@ -23,12 +26,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from moeclip_jax.methods.moeclip import maps
 from moeclip_jax.utils import images as image_utils
 from moeclip_jax.utils import io
+from moeclip_jax.verbs import adapters
 from moeclip_jax.verbs import calibration
 from moeclip_jax.verbs import common
-from moeclip_jax.verbs import inference
 from moeclip_jax.verbs import overlay
 
 log = logging.getLogger("moeclip_jax.verbs")
@@ -41,6 +43,8 @@ EXAMPLES = """
   moeclip-jax predict images/ more.jpg --checkpoint ckpt --class-name bottle \\
       --threshold auto --save-maps --out pred/
   moeclip-jax predict images/ --checkpoint ckpt --threshold 0.62 --out pred/
+  moeclip-jax predict images/ --checkpoint ckpt/inctrl_k2 --class-name candle \\
+      --prompts good_candles/ --shots 2 --prompt-seed 0 --out pred/
 """
 
 
@@ -50,15 +54,18 @@ def build_parser():
   p.add_argument("inputs", nargs="+", help="image files and/or folders")
   p.add_argument("--checkpoint", required=True, help="detector folder")
   p.add_argument("--out", required=True, help="output folder")
-  p.add_argument("--class-name", default="object",
-                 help="class (prompt noun lookup; default generic 'object')")
+  p.add_argument("--class-name", default=None,
+                 help="class (prompt noun lookup; default generic 'object'"
+                      "; InCTRL: a saved prompt set's class)")
   p.add_argument("--threshold", default="auto",
                  help="'auto' (calibration.json) or a number")
-  p.add_argument("--domain", default=None, help="industrial | medical")
+  p.add_argument("--domain", default=None,
+                 help="industrial | medical (MoECLIP)")
   p.add_argument("--dataset-prompts", default=None,
-                 help="dataset whose prompt nouns to use")
+                 help="dataset whose prompt nouns to use (MoECLIP)")
   p.add_argument("--save-maps", action="store_true", help="write .npy maps")
   p.add_argument("--batch-size", type=int, default=8)
+  adapters.add_method_flags(p, "predict")
   return p
 
 
@@ -96,11 +103,15 @@ def _unique_stem(path: pathlib.Path, used: set) -> str:
   return name
 
 
-def score_images(raw_maps, raw_scores, entry, domain):
-  """(maps in [0, 1] for display [N, S, S], scores [N], map thresholds [N])."""
+def score_images(raw_maps, raw_scores, entry, domain, fuse: bool = True):
+  """(maps in [0, 1] for display [N, S, S], scores [N], map thresholds [N]).
+
+  `fuse`: MoECLIP's fused score with calibration; False keeps the
+  detector's image score (InCTRL, AnomalyMoE).
+  """
   if entry is not None:
     maps_n, fused = calibration.fused_score(raw_maps, raw_scores, entry,
-                                            domain)
+                                            domain, fuse)
     shown = np.clip(maps_n, 0.0, 1.0)
     return shown, fused, np.full(len(fused), entry["map_threshold"])
   shown = np.stack([overlay.normalise_for_display(m) for m in raw_maps]) \
@@ -110,11 +121,13 @@ def score_images(raw_maps, raw_scores, entry, domain):
 
 
 def _write_one(out, name, path, image, raw_map, shown, score, raw_score,
-               map_thr, threshold, source, class_name, save_maps) -> dict:
-  panel = overlay.panels(image, shown, float(map_thr))
+               map_thr, threshold, source, class_name, save_maps,
+               to_image=overlay.resize_map) -> dict:
+  hw = image.shape[:2]
+  panel = overlay.panels(image, to_image(shown, hw), float(map_thr))
   png = overlay.save_png(out / "overlays" / f"{name}.png", panel)
   if save_maps:
-    full = overlay.resize_map(raw_map, image.shape[:2])
+    full = to_image(raw_map, hw)
     np.save(out / "maps" / f"{name}.npy", full)
   return {"path": str(path), "score": float(score),
           "is_anomalous": None if threshold is None
@@ -124,35 +137,49 @@ def _write_one(out, name, path, image, raw_map, shown, score, raw_score,
           "max_map": float(np.max(raw_map)), "overlay": str(png)}
 
 
-def predict_paths(detector, inputs: Sequence[str], out, class_name: str,
-                  threshold: str = "auto", domain: str | None = None,
+def predict_paths(detector, inputs: Sequence[str], out,
+                  class_name: str | None = None, threshold: str = "auto",
+                  domain: str | None = None,
                   dataset_prompts: str | None = None, save_maps=False,
-                  batch_size: int = 8) -> dict[str, Any]:
-  """Runs predict and writes every output; returns a summary dict."""
+                  batch_size: int = 8,
+                  options: adapters.Options | None = None) -> dict[str, Any]:
+  """Runs predict and writes every output; returns a summary dict.
+
+  `detector`: a loaded detector or its `adapters.Adapter`.
+  """
   out = pathlib.Path(out)
+  out.mkdir(parents=True, exist_ok=True)
   if save_maps:
     (out / "maps").mkdir(parents=True, exist_ok=True)
-  domain = maps.canonical_domain(domain or detector.default_domain)
-  entry = calibration.entry_for(
-      calibration.load(detector.checkpoint_dir), class_name)
+  given = {k: v for k, v in (("domain", domain),
+                             ("dataset_prompts", dataset_prompts))
+           if v is not None}
+  if given:
+    options = dataclasses.replace(options or adapters.Options(), **given)
+  adapter = adapters.make_adapter(detector, options=options)
+  class_name = resolve_class_name(adapter, class_name)
+  stored = calibration.load(adapter.checkpoint_dir)
+  calibration.check_method(stored, adapter.name, adapter.checkpoint_dir)
+  entry = calibration.entry_for(stored, class_name)
   thr, source = resolve_threshold(threshold, entry)
   paths, unreadable = common.list_images(inputs)
+  facts = adapter.begin_predict(paths, class_name, entry, out)
   used, lines = set(), []
   chunk = CHUNK_BATCHES * batch_size  # bounds the images held in memory
   with common.progress(None, "predict", total=len(paths)) as bar:
     for start in range(0, len(paths), chunk):
       loaded, bad = read_images(paths[start:start + chunk])
       unreadable += bad
-      raw_maps, raw_scores = inference.predict_images(
-          detector, [im for _, im in loaded], class_name, domain,
-          dataset_prompts, batch_size, desc=None)
+      raw_maps, raw_scores = adapter.predict_images(
+          [im for _, im in loaded], class_name, batch_size, entry, desc=None)
       shown, scores, map_thr = score_images(raw_maps, raw_scores, entry,
-                                            domain)
+                                            adapter.domain,
+                                            adapter.fuses_scores)
       for i, (path, image) in enumerate(loaded):
         lines.append(_write_one(
             out, _unique_stem(path, used), path, image, raw_maps[i],
             shown[i], scores[i], raw_scores[i], map_thr[i], thr, source,
-            class_name, save_maps))
+            class_name, save_maps, adapter.map_to_image))
       bar.update(min(chunk, len(paths) - start))
   io.write_text(out / PREDICTIONS_FILE,
                 "".join(json.dumps(line) + "\n" for line in lines))
@@ -160,7 +187,18 @@ def predict_paths(detector, inputs: Sequence[str], out, class_name: str,
   for problem in unreadable:
     log.warning("predict: unreadable %s", problem)
   return {"predictions": lines, "unreadable": unreadable,
-          "threshold": thr, "threshold_source": source}
+          "threshold": thr, "threshold_source": source, **facts}
+
+
+def resolve_class_name(adapter, class_name: str | None) -> str:
+  """--class-name, else a single saved InCTRL prompt set's class, else
+  the generic 'object'."""
+  if class_name:
+    return class_name
+  source = getattr(adapter, "source", None)
+  if source is not None and len(source.sets) == 1 and not source.pool:
+    return next(iter(source.sets))
+  return "object"
 
 
 def _print_summary(summary: dict) -> None:
@@ -182,10 +220,11 @@ def main(argv=None) -> int:
   args = build_parser().parse_args(argv)
   try:
     common.add_log_file(args.out, "predict")
-    detector = common.load_detector(args.checkpoint)
-    summary = predict_paths(detector, args.inputs, args.out, args.class_name,
-                            args.threshold, args.domain, args.dataset_prompts,
-                            args.save_maps, args.batch_size)
+    adapter = common.load_adapter(args.checkpoint,
+                                  adapters.Options.from_args(args))
+    summary = predict_paths(adapter, args.inputs, args.out, args.class_name,
+                            args.threshold, save_maps=args.save_maps,
+                            batch_size=args.batch_size)
   except (ValueError, FileNotFoundError, KeyError) as err:
     print(f"error: {err}", file=sys.stderr)
     return 2

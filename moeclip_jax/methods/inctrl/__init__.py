@@ -9,6 +9,7 @@ Modules:
   detector    load a converted checkpoint, `set_prompts`, `predict`
   fewshot     seeded prompt draws, saved prompt sets, mean +- std metrics
   evaluate    `python -m moeclip_jax.methods.inctrl.evaluate` (prompt draws)
-  train       episodes, the pure train step (heads + BN stats), `fit`
-  train_main  `python -m moeclip_jax.methods.inctrl.train_main` (aux training)
+  method      the generic trainer's seam (`python -m moeclip_jax.train`)
+  data        auxiliary-set episodes (resumable sampler), held-out classes
+  train_main  deprecated alias of `python -m moeclip_jax.train`
 """

@@ -1,4 +1,5 @@
-"""InCTRL detector: load a converted checkpoint, set K prompts, predict.
+"""InCTRL detector: load a converted or trained checkpoint, set K prompts,
+predict.
 
     det = detector.load("ckpt/inctrl_k2")
     det.set_prompts(normal_images)            # uint8 [K, H, W, 3], once
@@ -132,7 +133,13 @@ class InCTRLDetector:
 
   @classmethod
   def load(cls, checkpoint_dir, **kwargs) -> "InCTRLDetector":
-    """From a `convert inctrl-official` or `train_main` output folder."""
+    """From a `convert inctrl-official` output or a training export.
+
+    Both hold params/ = the variables {params, batch_stats} (towers
+    included) and a config.json {"method": "inctrl", "clip", "inctrl"};
+    the generic trainer writes `<workdir>/detector` with
+    `InCTRLMethod.checkpoint_config()` as that config.json.
+    """
     return load(checkpoint_dir, **kwargs)
 
 
@@ -162,7 +169,7 @@ def load_variables(checkpoint_dir) -> tuple[inctrl_model.InCTRL, dict]:
 
 
 def load(checkpoint_dir, **kwargs) -> InCTRLDetector:
-  """An `InCTRLDetector` from a `convert inctrl-official` output folder."""
+  """An `InCTRLDetector` from a converted or trained checkpoint folder."""
   model, variables = load_variables(checkpoint_dir)
   tok_dir = pathlib.Path(checkpoint_dir) / "tokenizer"
   tokenizer = tokenize.load_tokenizer(tok_dir if tok_dir.is_dir() else None)
