@@ -3,10 +3,18 @@ r"""AnomalyMoE on DINOv2-with-registers ViT-B/14 at 392 px (official recipe).
 Command (official DINOv2 weights, or a HF Dinov2WithRegistersModel folder):
   python -m moeclip_jax.convert hf-dinov2 \
       --src dinov2_vitb14_reg4_pretrain.pth --dst ckpt/dinov2reg_b14
+  python -m moeclip_jax.data components mvtec --root /data/mvtec_ad \
+      --backbone ckpt/dinov2reg_b14          # -> /data/mvtec_ad_components
   python -m moeclip_jax.train --config configs/anomalymoe_dinov2_b14.py \
       --workdir runs/anomalymoe \
       --config.backbone.checkpoint=ckpt/dinov2reg_b14 \
-      --config.data.name=mvtec --config.data.root=/data/mvtec_ad
+      --config.data.name=mvtec --config.data.root=/data/mvtec_ad \
+      --config.data.component_masks=/data/mvtec_ad_components
+  # -> runs/anomalymoe/detector (moeclip_jax.load_detector)
+
+Trains on the normal `train/good` images only; held-out evaluation runs on
+the test split (`data.holdout_fraction` of it). Expert parallelism: add
+`--config.mesh.expert=2` (or 3, 6; each group of 6 experts splits over it).
 
 Official released weights (`model_final.pth`) convert directly:
   python -m moeclip_jax.convert anomalymoe-official \
@@ -65,7 +73,18 @@ def get_config(arg=None):
   c.data.root = ""
   c.data.resize = 448               # Resize(448) then CenterCrop(392)
   c.data.component_masks = ""       # masks from `data components`; "" = none
+  c.data.component_slots = 5        # mask slots per image (k of k-means)
+  c.data.holdout_fraction = 1.0     # share of the test split for eval
+  c.data.eval_batch_size = 8
+  c.data.worker_count = 0
   c.data.test_time_jitter = False   # official test.py jitters image_ae
+
+  c.calibration = ml_collections.ConfigDict()
+  c.calibration.momentum = 0.9      # EMA of per-class map min / max
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.map_size = 196             # held-out maps kept at 196 px (host RAM)
+  c.eval.protocol = "raw"
 
   c.batch_size = 8                  # per device in the official DDP run
   c.total_steps = 100_000

@@ -1,144 +1,209 @@
-"""AnomalyMoE learns: a tiny model trained on normal images of synthetic
-classes detects painted defects on held-out images above chance, with
-component masks from the k-means step (components.py)."""
+"""AnomalyMoE learns, end to end through the generic trainer.
 
-import functools
+An MVTec-layout set of two synthetic texture classes (normal training
+images only) with salient colour-square defects on held-out test images;
+a tiny random DINOv2-reg backbone written as a converted checkpoint; the
+`python -m moeclip_jax.data components` verb makes the component masks
+(keyed by image id, next to the dataset); `loop.train` trains on the normal
+images with those masks, evaluates the test split (held-out evaluation via
+`predict_fn`: per-class min-max statistics and in-graph component masks
+from the saved centres) and exports a detector that `load_detector` serves.
+"""
+
+import json
+import pathlib
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
+from PIL import Image
+from sklearn.metrics import roc_auc_score
 
-from moeclip_jax.methods.anomalymoe import components
-from moeclip_jax.methods.anomalymoe import inference
-from moeclip_jax.methods.anomalymoe import losses
+import train_fixtures as tf
+from moeclip_jax.convert import common
+from moeclip_jax.data import cli as data_cli
 from moeclip_jax.methods.anomalymoe import model as model_lib
-from moeclip_jax.methods.anomalymoe import training
+from moeclip_jax.models import dinov2
+from moeclip_jax.train import loop
 
-S = 392
+SIZE = 448  # the preset resizes to 448 and centre-crops 392
+CLASSES = ("stripes", "rings")
+STEPS = 80
 
 
-def _normal_image(rng, cls):
-  """Smooth synthetic texture of class `cls` (0 stripes, 1 rings)."""
-  yy, xx = np.mgrid[0:S, 0:S] / S
+def _texture(rng, name):
+  """Smooth texture of one class, random phase: float[SIZE, SIZE, 3]."""
+  yy, xx = np.mgrid[0:SIZE, 0:SIZE] / SIZE
   phase = rng.uniform(0, 2 * np.pi)
-  if cls == 0:
+  if name == "stripes":
     base = 0.5 + 0.4 * np.sin(2 * np.pi * 6 * yy + phase)
     colour = np.array([0.8, 0.4, 0.2])
   else:
     r = np.hypot(yy - 0.5, xx - 0.5)
     base = 0.5 + 0.4 * np.sin(2 * np.pi * 8 * r + phase)
     colour = np.array([0.2, 0.5, 0.8])
-  img = base[..., None] * colour + 0.02 * rng.standard_normal((S, S, 3))
-  return np.clip(img, 0, 1).astype(np.float32)
+  img = base[..., None] * colour + 0.02 * rng.standard_normal((SIZE, SIZE, 3))
+  return np.clip(img, 0, 1)
 
 
-def _defect(rng, img):
-  """Paints a bright square; returns (image, mask)."""
-  size = int(rng.integers(60, 100))
-  r0, c0 = rng.integers(20, S - size - 20, size=2)
+def _square(rng, img):
+  """A salient colour square inside the 392-px centre crop."""
+  side = int(rng.integers(90, 140))
+  lo, hi = 40, SIZE - 40 - side
+  r0, c0 = rng.integers(lo, hi, size=2)
+  # Not black: the dark stripes are near-black after normalisation.
+  colours = [[0.95, 0.05, 0.05], [0.05, 0.9, 0.1], [0.9, 0.1, 0.9],
+             [1.0, 1.0, 1.0]]
   img = img.copy()
-  mask = np.zeros((S, S), np.float32)
-  img[r0:r0 + size, c0:c0 + size] = rng.uniform(0, 1, 3)
-  mask[r0:r0 + size, c0:c0 + size] = 1
+  img[r0:r0 + side, c0:c0 + side] = colours[int(rng.integers(len(colours)))]
+  mask = np.zeros((SIZE, SIZE), np.uint8)
+  mask[r0:r0 + side, c0:c0 + side] = 255
   return img, mask
 
 
-def _normalise(img):
-  return (img - np.array([0.485, 0.456, 0.406], np.float32)) / np.array(
-      [0.229, 0.224, 0.225], np.float32)
-
-
-@functools.lru_cache(maxsize=1)
-def _data():
+def _write_dataset(root: pathlib.Path, n_train=8, n_good=4, n_bad=4):
   rng = np.random.default_rng(0)
-  train = [(_normalise(_normal_image(rng, c)), c) for c in (0, 1)
-           for _ in range(8)]
-  test = []
-  for c in (0, 1):
-    for i in range(6):
-      img = _normal_image(rng, c)
-      mask = np.zeros((S, S), np.float32)
-      if i % 2:
-        img, mask = _defect(rng, img)
-      test.append((_normalise(img), c, mask, i % 2))
-  return train, test
+
+  def save(path, arr):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if arr.dtype != np.uint8:
+      arr = np.round(arr * 255).astype(np.uint8)
+    Image.fromarray(arr).save(path)
+
+  for name in CLASSES:
+    for i in range(n_train):
+      save(root / name / "train" / "good" / f"{i:03d}.png",
+           _texture(rng, name))
+    for i in range(n_good):
+      save(root / name / "test" / "good" / f"{i:03d}.png", _texture(rng, name))
+    for i in range(n_bad):
+      img, mask = _square(rng, _texture(rng, name))
+      save(root / name / "test" / "square" / f"{i:03d}.png", img)
+      save(root / name / "ground_truth" / "square" / f"{i:03d}_mask.png",
+           mask)
 
 
-def _features(config, params, images):
-  """Backbone all-target-layer mean maps [N, g, g, D] for k-means."""
-  module = model_lib.AnomalyMoE(config)
-
-  @jax.jit
-  def fn(x):
-    stack, _ = module.apply({"params": params}, x,
-                            method=model_lib.AnomalyMoE.encode)
-    return model_lib.tokens_to_map(jnp.mean(stack, 0), 5, config.grid)
-
-  return np.concatenate([np.asarray(fn(jnp.asarray(images[i:i + 4])))
-                         for i in range(0, len(images), 4)])
+def _write_backbone(dst: pathlib.Path):
+  """The tiny config's random DINOv2-reg, as `convert hf-dinov2` writes."""
+  config = model_lib.tiny_config().backbone
+  params = jax.jit(lambda k: dinov2.DinoV2(config).init(
+      k, np.zeros((1, 392, 392, 3), np.float32)))(jax.random.key(7))
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  common.write_params_checkpoint(
+      dst, nn.unbox(params)["params"], {"model": "dinov2", **config.to_dict()},
+      {"model": "dinov2", "source_format": "test"})
 
 
-def _component_masks(comp, classes, fmaps, k_max):
-  masks = np.zeros((len(classes), k_max, S, S), np.float32)
-  for i, (c, f) in enumerate(zip(classes, fmaps)):
-    m = comp.masks(str(c), f)[:k_max]
-    masks[i, :len(m)] = m
-  return masks
+def _config(root, masks, backbone, steps):
+  config = _tiny_config()
+  config.data.name = "mvtec"
+  config.data.root = str(root)
+  config.data.component_masks = str(masks)
+  config.data.component_slots = 3
+  config.backbone.checkpoint = str(backbone)
+  # The random tiny backbone's CLS token is image-independent (LayerScale
+  # 1e-5), so the gate cannot route per image; with top-3 the weighted
+  # losses drive all routing onto the lowest-loss group within ~25 steps
+  # and the patch / global maps get zero fusion weight (chance-level
+  # detection). Routing over all 18 experts keeps every group in the map.
+  config.model.top_k = 18
+  # 8 fake devices: batch 4 over data 4, experts split over expert 2.
+  config.mesh.data, config.mesh.expert = 4, 2
+  config.total_steps = steps
+  config.log_every = 25
+  config.ckpt_every = steps
+  config.eval_every = steps
+  return config
+
+
+def _tiny_config():
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  path = tf.REPO / "configs" / "anomalymoe_dinov2_b14.py"
+  spec = importlib.util.spec_from_file_location("anomalymoe_cfg", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config("tiny")
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+  """(dataset root, component mask folder, backbone checkpoint)."""
+  base = tmp_path_factory.mktemp("amoe_learn")
+  root = base / "mvtec"
+  _write_dataset(root)
+  _write_backbone(base / "backbone")
+  rc = data_cli.main(["components", "mvtec", "--root", str(root),
+                      "--backbone", str(base / "backbone"), "--k", "3",
+                      "--ratio", "0.05", "--layers", "0,1,2,3"])
+  assert rc == 0
+  masks = pathlib.Path(str(root) + "_components")  # next to the dataset
+  return root, masks, base / "backbone"
+
+
+@pytest.fixture(scope="module")
+def trained(prepared, tmp_path_factory):
+  root, masks, backbone = prepared
+  workdir = tmp_path_factory.mktemp("amoe_run") / "run"
+  config = _config(root, masks, backbone, STEPS)
+  return config, workdir, loop.train(config, workdir)
 
 
 @pytest.mark.slow
-def test_tiny_anomalymoe_detects_synthetic_defects():
-  config = model_lib.tiny_config()
-  train, test = _data()
-  tx = training.make_optimizer(lr=2e-3, total_iters=60, warmup_iters=5)
-  est_tx = training.make_estimator_optimizer()
-  state = training.init_state(config, jax.random.key(0), tx, est_tx)
-  full = lambda s: {**s.params, "encoder": s.frozen}  # noqa: E731
+def test_trains_through_loop_and_detects_defects(prepared, trained):
+  root, masks, _ = prepared
+  stored = sorted(masks.glob("*/*.npz"))
+  assert len(stored) == len(CLASSES) * 16  # every image, keyed by id
+  assert (masks / "component_centres.npz").is_file()
+  _, workdir, run = trained
+  held = [h for h in run.history if "holdout/image_auroc" in h][-1]
+  steps = [h for h in run.history if "loss_patch" in h]
+  print("train", [(h["step"], round(h["loss_patch"], 4),
+                   round(h["loss_component"], 4)) for h in steps])
+  print("holdout", held)
+  assert steps[-1]["loss_patch"] < steps[0]["loss_patch"]
+  assert any(h["loss_component"] > 0 for h in steps)  # masks reached it
+  assert held["holdout/image_auroc"] > 0.7, held
+  assert held["holdout/pixel_auroc"] > 0.7, held
 
-  # Component masks: per-class k-means on the frozen backbone's features.
-  train_imgs = np.stack([x for x, _ in train])
-  train_cls = [c for _, c in train]
-  fmaps = _features(config, full(state), train_imgs)
-  centres, keep = {}, {}
-  for c in (0, 1):
-    maps_c = [f for f, cc in zip(fmaps, train_cls) if cc == c]
-    centres[str(c)], keep[str(c)] = components.fit_class(maps_c, S, k=3,
-                                                         ratio=0.05)
-  comp = components.ComponentModel(centres, keep, S)
-  train_masks = _component_masks(comp, train_cls, fmaps, 3)
-  assert train_masks.sum() > 0
+  # The exported detector serves new images with the saved class
+  # statistics and component centres.
+  import moeclip_jax  # pylint: disable=g-import-not-at-top
+  det = moeclip_jax.load_detector(workdir / "detector")
+  assert det.class_names == sorted(CLASSES)
+  scores, labels = [], []
+  for name in CLASSES:
+    for kind, label in (("good", 0), ("square", 1)):
+      for path in sorted((root / name / "test" / kind).glob("*.png")):
+        img = np.asarray(Image.open(path).convert("RGB"))
+        out = det.predict(img[None], name)
+        assert out["anomaly_map"].shape == (1, SIZE, SIZE)
+        assert out["component_masks"].any()  # from the saved centres
+        scores.append(float(out["image_score"][0]))
+        labels.append(label)
+  auroc = roc_auc_score(labels, scores)
+  print("detector image AUROC", auroc)
+  assert auroc > 0.7
+  cfg = json.loads((workdir / "detector" / "config.json").read_text())
+  assert cfg["method"] == "anomalymoe"
+  assert cfg["class_names"] == sorted(CLASSES)
 
-  step, _, _ = training.make_train_step(config, losses.LossConfig(), tx,
-                                        est_tx)
-  rng = np.random.default_rng(1)
-  first = None
-  for it in range(60):
-    idx = rng.choice(len(train), 4, replace=False)
-    batch = {"images": jnp.asarray(train_imgs[idx]),
-             "images_ae": jnp.asarray(train_imgs[idx]),
-             "component_masks": jnp.asarray(train_masks[idx]),
-             "component_valid": jnp.asarray(train_masks[idx].any((2, 3)))}
-    state, metrics = step(state, batch, jax.random.key(it))
-    first = float(metrics["loss_total"]) if first is None else first
-  assert float(metrics["loss_total"]) < first
 
-  test_imgs = np.stack([t[0] for t in test])
-  test_cls = [t[1] for t in test]
-  test_masks = _component_masks(
-      comp, test_cls, _features(config, full(state), test_imgs), 3)
-  module = model_lib.AnomalyMoE(config)
-  out = jax.jit(lambda p, x, m: module.apply(
-      {"params": p}, x, x, m))(full(state), jnp.asarray(test_imgs),
-                               jnp.asarray(test_masks))
-  weights = model_lib.split_groups(config, out["routing_weights"])
-  raw = inference.raw_maps(out, weights, S)
-  gt = np.stack([t[2] for t in test])
-  labels = np.array([t[3] for t in test])
-  res = inference.evaluate_class(raw, inference.fusion_coefficients(weights),
-                                 gt, labels)
-  # The gate may route a class away from the patch experts entirely (the
-  # patch map is then 0), so judge the fused, routed map as test.py does.
-  print("pixel AUROC", res["pixel_auroc"], "image AUROC", res["image_auroc"])
-  assert res["pixel_auroc"] > 0.6, res["pixel_auroc"]
-  assert res["image_auroc"] > 0.5, res["image_auroc"]
+@pytest.mark.slow
+def test_resume_restores_estimator_and_calibration(trained):
+  """A new run in the same workdir restores every trained / state leaf
+  (experts, gate, CLUB estimator, per-class min-max) and the step."""
+  config, workdir, run = trained
+  again = loop.setup(config, workdir)
+  loop.build_state(again)
+  again.data = loop.make_data(again)
+  assert loop.restore(again) == "workdir"
+  assert int(again.state.step) == STEPS
+  for group in ("mi_estimator", "calib"):
+    want = jax.device_get(run.state.params[group])
+    got = jax.device_get(again.state.params[group])
+    jax.tree.map(np.testing.assert_array_equal, got, want)
+  assert np.all(np.asarray(again.state.params["calib"]["seen"]) == 1)
+  np.testing.assert_array_equal(
+      jax.device_get(again.state.params["components"]["centres"]),
+      jax.device_get(run.state.params["components"]["centres"]))
+  again.manager.wait_until_finished()

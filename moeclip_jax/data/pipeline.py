@@ -131,8 +131,9 @@ class JointAugment(grain.transforms.RandomMap):
     return dict(element, image=image, mask=mask)
 
 
-class _Indexed:
-  """Adds the source index to each example (for eval bookkeeping)."""
+class Indexed:
+  """Adds the source index to each example (eval bookkeeping, per-record
+  side data such as component masks)."""
 
   def __init__(self, source):
     self._source = source
@@ -142,6 +143,9 @@ class _Indexed:
 
   def __getitem__(self, index):
     return dict(self._source[index], index=index)
+
+  def __repr__(self):  # grain compares it when restoring an iterator state
+    return f"Indexed({self._source!r})"
 
 
 def _ensure_absl_flags_parsed() -> None:
@@ -204,7 +208,7 @@ def eval_loader(
         shard_index=jax.process_index(), shard_count=jax.process_count())
   length = padded_length(len(source), cfg.batch_size,
                          shard_options.shard_count)
-  padded = sources.PaddedSource(_Indexed(source), length)
+  padded = sources.PaddedSource(Indexed(source), length)
   sampler = grain.samplers.IndexSampler(
       num_records=length, shard_options=shard_options, shuffle=False,
       num_epochs=1, seed=cfg.seed)
@@ -217,3 +221,27 @@ def to_global(batch: dict[str, np.ndarray], sharding: jax.sharding.Sharding):
   """Process-local numpy batch -> global jax.Arrays (batch axis sharded)."""
   return jax.tree.map(
       lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+
+
+def holdout_loader(records: Sequence[Any], class_names: Sequence[str],
+                   preprocess: Any, batch_size: int, seed: int):
+  """Deterministic, padded eval loader over held-out records."""
+  cfg = PipelineConfig(preprocess=preprocess, augment="none",
+                       batch_size=batch_size, seed=seed)
+  return eval_loader(sources.RecordSource(records), class_names, cfg)
+
+
+class GrainIteratorData:
+  """next / state / restore over a grain iterator held in `self._iter`."""
+
+  _iter: Any
+
+  def next(self) -> dict:
+    return next(self._iter)
+
+  def state(self) -> str:
+    raw = self._iter.get_state()
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+  def restore(self, state: str) -> None:
+    self._iter.set_state(state.encode())

@@ -62,7 +62,7 @@ def to_global(batch: dict, sharding) -> dict:
   return pipeline.to_global(batch, sharding)
 
 
-class TrainData:
+class TrainData(pipeline.GrainIteratorData):
   """Training iterator (resumable) plus the held-out evaluation records."""
 
   def __init__(self, config: Any, method: Any, batch_multiple: int = 1):
@@ -93,19 +93,9 @@ class TrainData:
     log.info("data: %d train / %d held-out records, classes %s", len(train),
              len(self.holdout), self.class_names)
 
-  def next(self) -> dict:
-    return next(self._iter)
-
-  def state(self) -> str:
-    raw = self._iter.get_state()
-    return raw.decode() if isinstance(raw, bytes) else str(raw)
-
-  def restore(self, state: str) -> None:
-    self._iter.set_state(state.encode())
-
   def holdout_loader(self, process_local: bool = True):
-    cfg = pipeline.PipelineConfig(
-        preprocess=self.pipeline_cfg.preprocess, augment="none",
-        batch_size=self.eval_batch_size, seed=self.pipeline_cfg.seed)
-    return pipeline.eval_loader(sources.RecordSource(self.holdout),
-                                self.class_names, cfg)
+    del process_local
+    return pipeline.holdout_loader(self.holdout, self.class_names,
+                                   self.pipeline_cfg.preprocess,
+                                   self.eval_batch_size,
+                                   self.pipeline_cfg.seed)

@@ -10,7 +10,11 @@ masks of every image, saved as
   OUT/component_centres.npz, OUT/component_filter.json   (the fitted model)
 
 The image id is the image path relative to `--root` with '/' -> '__', so
-masks are matched by id, never by a glob order.
+masks are matched by id, never by a glob order. `--out` defaults to a
+folder next to the dataset, `<root>_components`; point the trainer's
+`config.data.component_masks` at it. `--layers` names the backbone blocks
+whose patch tokens are averaged (the model's `target_layers`: 2..9 for
+ViT-B/14, 0..3 for the tiny test config).
 """
 
 from __future__ import annotations
@@ -82,8 +86,9 @@ def run(args: argparse.Namespace) -> int:
   by_class = collections.defaultdict(list)
   for r in scan.records:
     by_class[r.class_name].append(r)
-  fn = make_featurizer(args.backbone)
-  out = pathlib.Path(args.out)
+  layers = tuple(int(x) for x in str(args.layers).split(",") if x.strip())
+  fn = make_featurizer(args.backbone, layers)
+  out = pathlib.Path(args.out or default_out(args.root))
   centres, keep = {}, {}
   for name, recs in sorted(by_class.items()):
     train = [r for r in recs if r.split == "train" and r.label == 0]
@@ -105,6 +110,11 @@ def run(args: argparse.Namespace) -> int:
   return 0
 
 
+def default_out(root) -> str:
+  """`<root>_components`: next to the dataset, not inside it."""
+  return str(root).rstrip("/\\") + "_components"
+
+
 def load_masks(path) -> np.ndarray:
   """Reads one saved mask file -> uint8[n, S, S]."""
   with np.load(path) as data:
@@ -120,7 +130,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--root", required=True, help="dataset folder")
   parser.add_argument("--backbone", required=True,
                       help="converted DINOv2 checkpoint (convert hf-dinov2)")
-  parser.add_argument("--out", required=True, help="mask output folder")
+  parser.add_argument("--out", default="",
+                      help="mask output folder (default <root>_components)")
+  parser.add_argument("--layers", default="2,3,4,5,6,7,8,9",
+                      help="backbone blocks averaged (model target_layers)")
   parser.add_argument("--k", type=int, default=5, help="clusters per class")
   parser.add_argument("--ratio", type=float, default=0.01,
                       help="coreset fraction per image")

@@ -1,7 +1,10 @@
 """AnomalyMoE as a trainer method (see methods/base.py for the interface).
 
 Parameter tree: {"model": AnomalyMoE params (frozen "encoder" inside),
-"mi_estimator": CLUB estimator params}. The official alternating estimator
+"mi_estimator": CLUB estimator params, "calib": per-class min-max state,
+"components": the frozen per-class k-means centres} (see predictor.py).
+Training data: normal images only, with their component masks
+(data.py). The official alternating estimator
 step is folded into one loss: the main objective sees the estimator through
 `stop_gradient`, and the estimator's own CLUB log-likelihood loss sees the
 expert features through `stop_gradient`, so each parameter set receives
@@ -25,48 +28,26 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from moeclip_jax.methods.anomalymoe import components
+from moeclip_jax.methods.anomalymoe import components_jax
+from moeclip_jax.methods.anomalymoe import data as data_lib
 from moeclip_jax.methods.anomalymoe import experts
-from moeclip_jax.methods.anomalymoe import inference
 from moeclip_jax.methods.anomalymoe import losses
 from moeclip_jax.methods.anomalymoe import model as model_lib
+from moeclip_jax.methods.anomalymoe import ops
+from moeclip_jax.methods.anomalymoe import predictor
 from moeclip_jax.methods.anomalymoe import training
 from moeclip_jax.models import dinov2
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+UPDATED_STATE = "updated_state"  # train.step.UPDATED_STATE (no import)
 
 TRAINABLE_PATTERNS = (
     r"model/(patch_experts|global_experts|component_experts|gate)/.*",
     r"mi_estimator/.*",
 )
-FROZEN_PATTERNS = (r"model/encoder/.*",)
-
-
-def color_jitter(images, rng, strength: float = 0.2):
-  """One random ColorJitter (brightness, contrast or saturation) per image.
-
-  Args:
-    images: float[B, H, W, 3], ImageNet-normalised.
-    rng: PRNG key.
-    strength: factors are drawn from U[1 - strength, 1 + strength].
-
-  Returns:
-    float[B, H, W, 3], jittered and re-normalised.
-  """
-  b = images.shape[0]
-  k1, k2 = jax.random.split(rng)
-  kind = jax.random.randint(k1, (b,), 0, 3)
-  factor = jax.random.uniform(k2, (b,), minval=1 - strength,
-                              maxval=1 + strength)[:, None, None, None]
-  x = images * IMAGENET_STD + IMAGENET_MEAN  # [B, H, W, 3] in [0, 1]
-  grey = jnp.sum(x * jnp.array([0.299, 0.587, 0.114]), -1, keepdims=True)
-  bright = x * factor
-  contrast = factor * x + (1 - factor) * jnp.mean(grey, (1, 2, 3),
-                                                  keepdims=True)
-  sat = factor * x + (1 - factor) * grey
-  out = jnp.select([kind[:, None, None, None] == i for i in range(3)],
-                   [bright, contrast, sat])
-  return (jnp.clip(out, 0.0, 1.0) - IMAGENET_MEAN) / IMAGENET_STD
+FROZEN_PATTERNS = (r"model/encoder/.*", r"components/.*")
+STATE_PATTERNS = (r"calib/.*",)
+BATCH_KEYS = ("image", "component_masks", "class_id")
 
 
 def model_config(config: Any) -> model_lib.AnomalyMoEConfig:
@@ -100,6 +81,8 @@ class AnomalyMoEMethod:
   name = "anomalymoe"
   trainable_patterns = TRAINABLE_PATTERNS
   frozen_patterns = FROZEN_PATTERNS
+  state_patterns = STATE_PATTERNS
+  batch_keys = BATCH_KEYS
 
   def __init__(self, config: Any):
     self.config = model_config(config)
@@ -109,8 +92,20 @@ class AnomalyMoEMethod:
     self.backbone_ckpt = config.backbone.get("checkpoint", "") or None
     self.module = model_lib.AnomalyMoE(self.config)
     self.image_size = self.config.image_size
-    self.preprocess = {"preset": "anomalymoe", "size": self.image_size,
-                       "resize": int(config.data.get("resize", 448))}
+    self.preprocess = {"preset": "anomalymoe",
+                       "size": int(config.data.get("resize", 448)),
+                       "crop": self.image_size}
+    self.data_config = config.data
+    self.class_names = data_lib.class_names(config.data)
+    self.component_dir = config.data.get("component_masks", "") or ""
+    self.component_slots = int(config.data.get("component_slots", 5))
+    self.test_time_jitter = bool(config.data.get("test_time_jitter", False))
+    self.calib_momentum = float(config.get("calibration", {}).get(
+        "momentum", 0.9))
+
+  @property
+  def num_classes(self) -> int:
+    return max(1, len(self.class_names))
 
   # ---- parameters ----
   def init_fn(self, rng):
@@ -123,21 +118,48 @@ class AnomalyMoEMethod:
     est = losses.MIEstimator(dim).init(
         k2, jnp.zeros((2, 2, dim)), jnp.zeros((2, 2, dim)),
         np.array([[0, 1], [0, 1]]), np.array([[1, 0], [1, 0]]))["params"]
-    return {"model": model, "mi_estimator": est}
+    c, k = self.num_classes, self.component_slots
+    return {"model": model, "mi_estimator": est,
+            "calib": {"min_max": jnp.zeros((c, 3, 2)),
+                      "seen": jnp.zeros((c,))},
+            "components": {"centres": jnp.zeros((c, k, dim)),
+                           "keep": jnp.zeros((c, k))}}
 
   def load_pretrained(self, params):
-    if self.backbone_ckpt is None:
-      return params
-    from moeclip_jax.convert import hf_dinov2  # pylint: disable=g-import-not-at-top
-    _, backbone, _ = hf_dinov2.load_checkpoint(self.backbone_ckpt)
-    enc = params["model"]["encoder"]
-    shardings = jax.tree.map(lambda x: x.sharding, nn.unbox(enc))
-    merged = jax.tree.map(jax.device_put, backbone, shardings)
-    return {**params, "model": {**params["model"], "encoder": merged}}
+    """Converted backbone (config.backbone.checkpoint) and the component
+    model of config.data.component_masks merged into `params`."""
+    if self.backbone_ckpt is not None:
+      from moeclip_jax.convert import hf_dinov2  # pylint: disable=g-import-not-at-top
+      _, backbone, _ = hf_dinov2.load_checkpoint(self.backbone_ckpt)
+      enc = params["model"]["encoder"]
+      shardings = jax.tree.map(lambda x: x.sharding, nn.unbox(enc))
+      merged = jax.tree.map(jax.device_put, backbone, shardings)
+      params = {**params, "model": {**params["model"], "encoder": merged}}
+    if self.component_dir:
+      params = {**params, "components": self._component_arrays(
+          params["components"])}
+    return params
+
+  def _component_arrays(self, current):
+    model = components.ComponentModel.load(self.component_dir)
+    arrays = components_jax.model_arrays(
+        model, self.class_names, self.component_slots,
+        self.config.dims.width)
+    return {k: jax.device_put(jnp.asarray(v), current[k].sharding)
+            for k, v in arrays.items()}
+
+  def make_train_data(self, config, batch_multiple: int = 1):
+    """Normal training images + component masks (data.py)."""
+    data = data_lib.AnomalyMoETrainData(config, self.preprocess,
+                                        self.image_size, batch_multiple)
+    if list(data.class_names) != list(self.class_names):
+      raise ValueError(f"class vocabulary changed: {data.class_names} vs "
+                       f"{self.class_names} at init")
+    return data
 
   def make_tx(self, param_labels=None):
-    """Model: clip 0.1 + StableAdamW + warm cosine; estimator: Adam + L2."""
-    del param_labels
+    """Model: clip 0.1 + StableAdamW + warm cosine; estimator: Adam + L2;
+    frozen and state leaves: set_to_zero."""
     o = self.optim
     main = training.make_optimizer(
         float(o.lr), self.total_steps, int(o.get("warmup_steps", 100)),
@@ -146,12 +168,18 @@ class AnomalyMoEMethod:
                                                         o.lr)))
 
     def label_fn(params):
-      def lab(path, _):
+      def lab(path, leaf):
         name = jax.tree_util.keystr(path, simple=True, separator="/")
-        if name.startswith("mi_estimator"):
-          return "estimator"
-        return "frozen" if name.startswith("model/encoder") else "model"
-      return jax.tree_util.tree_map_with_path(lab, params)
+        if param_labels is not None:
+          trainable = leaf == "trainable"
+        else:
+          trainable = name.startswith(("model/", "mi_estimator/")) and (
+              not name.startswith("model/encoder/"))
+        if not trainable:
+          return "frozen"
+        return "estimator" if name.startswith("mi_estimator/") else "model"
+      source = param_labels if param_labels is not None else params
+      return jax.tree_util.tree_map_with_path(lab, source)
 
     return optax.multi_transform(
         {"model": main, "estimator": est, "frozen": optax.set_to_zero()},
@@ -166,12 +194,18 @@ class AnomalyMoEMethod:
     images = batch["image"]
     images_ae = batch.get("image_ae")
     if images_ae is None:
-      images_ae = images if rng is None else color_jitter(images, rng)
+      images_ae = images if rng is None else ops.color_jitter(images, rng)
     masks = batch.get("component_masks")
     if masks is None:
       s = images.shape[1]
       masks = jnp.zeros((images.shape[0], 1, s, s), jnp.float32)
-    return images, images_ae, masks
+    return images, images_ae, masks.astype(jnp.float32)
+
+  def _class_id(self, batch):
+    cid = batch.get("class_id")
+    if cid is None:
+      return jnp.zeros((batch["image"].shape[0],), jnp.int32)
+    return cid
 
   def loss_fn(self, params, batch, context, rng):
     del context
@@ -199,27 +233,36 @@ class AnomalyMoEMethod:
         "loss_total", "loss_patch", "loss_global", "loss_component",
         "loss_esb", "loss_eir")}
     metrics["loss_estimator"] = est_loss
+    if "calib" in params:
+      metrics[UPDATED_STATE] = {"calib": self._calibrate(
+          params, images, masks, self._class_id(batch))}
     return total + est_loss, metrics
+
+  def _calibrate(self, params, images, masks, class_id):
+    """Running per-class min / max of the eval-mode raw maps (no grad)."""
+    model = jax.lax.stop_gradient(params["model"])
+    raw, _ = predictor.eval_maps(self.module, model, images, masks)
+    return predictor.calibration_update(
+        params["calib"], predictor.level_maps(raw), class_id,
+        self.calib_momentum)
 
   def forward_maps(self, params, batch):
     """Eval forward; raw maps [B, S, S] x 3 and fusion coefficients."""
-    images, images_ae, masks = self._inputs(batch)
-    out = self.module.apply({"params": params["model"]}, images, images_ae,
-                            masks)
-    weights = model_lib.split_groups(self.config, out["routing_weights"])
-    raw = inference.raw_maps(out, weights, self.image_size)
-    return raw, inference.fusion_coefficients(weights)
+    images, _, masks = self._inputs(batch)
+    return predictor.eval_maps(self.module, params["model"], images, masks)
 
   def predict_fn(self, params, batch, context):
-    """Per-batch min-max (class statistics in `context["min_max"]` if any)."""
-    raw, coef = self.forward_maps(params, batch)
-    maps = (raw["map_patch"], raw["map_global"], raw["map_component"])
-    min_max = context.get("min_max") if context else None
-    if min_max is None:
-      min_max = inference.class_min_max(maps)
-    final = inference.fuse(maps, coef, min_max)
-    _, _, scores = inference.score_maps(final)
-    return {"anomaly_map": final, "image_score": scores}
+    """Class statistics and component masks come from `params`."""
+    del context
+    masks = batch.get("component_masks")
+    jitter = jax.random.key(0) if self.test_time_jitter else None
+    out = predictor.predict(
+        self.module, params, batch["image"], self._class_id(batch),
+        None if masks is None else masks.astype(jnp.float32),
+        jitter_rng=jitter)
+    return {"anomaly_map": out["anomaly_map"],
+            "image_score": out["image_score"]}
 
   def checkpoint_config(self) -> dict:
-    return {"method": "anomalymoe", **self.config.to_dict()}
+    return {"method": "anomalymoe", **self.config.to_dict(),
+            "class_names": list(self.class_names)}

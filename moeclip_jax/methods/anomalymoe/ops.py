@@ -104,3 +104,34 @@ def blur_zero_pad(maps: jax.Array, size: int = 5,
       maps[..., None], kernel, (1, 1), ((pad, pad), (pad, pad)),
       dimension_numbers=("NHWC", "HWIO", "NHWC"))
   return out[..., 0]
+
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+
+def color_jitter(images, rng, strength: float = 0.2):
+  """One random ColorJitter (brightness, contrast or saturation) per image.
+
+  Args:
+    images: float[B, H, W, 3], ImageNet-normalised.
+    rng: PRNG key.
+    strength: factors are drawn from U[1 - strength, 1 + strength].
+
+  Returns:
+    float[B, H, W, 3], jittered and re-normalised.
+  """
+  b = images.shape[0]
+  k1, k2 = jax.random.split(rng)
+  kind = jax.random.randint(k1, (b,), 0, 3)
+  factor = jax.random.uniform(k2, (b,), minval=1 - strength,
+                              maxval=1 + strength)[:, None, None, None]
+  x = images * IMAGENET_STD + IMAGENET_MEAN  # [B, H, W, 3] in [0, 1]
+  grey = jnp.sum(x * jnp.array([0.299, 0.587, 0.114]), -1, keepdims=True)
+  bright = x * factor
+  contrast = factor * x + (1 - factor) * jnp.mean(grey, (1, 2, 3),
+                                                  keepdims=True)
+  sat = factor * x + (1 - factor) * grey
+  out = jnp.select([kind[:, None, None, None] == i for i in range(3)],
+                   [bright, contrast, sat])
+  return (jnp.clip(out, 0.0, 1.0) - IMAGENET_MEAN) / IMAGENET_STD

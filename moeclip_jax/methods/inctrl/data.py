@@ -37,7 +37,6 @@ from moeclip_jax.data import images
 from moeclip_jax.data import pipeline
 from moeclip_jax.data import readers
 from moeclip_jax.data import records as rec
-from moeclip_jax.data import sources
 from moeclip_jax.data import transforms
 from moeclip_jax.methods.inctrl import fewshot
 
@@ -249,11 +248,9 @@ class InCTRLTrainData:
 
   def holdout_loader(self, process_local: bool = True):
     del process_local
-    cfg = pipeline.PipelineConfig(
-        preprocess=self.preprocess, augment="none",
-        batch_size=self.eval_batch_size, seed=self.seed)
-    return pipeline.eval_loader(sources.RecordSource(self.holdout),
-                                self.class_names, cfg)
+    return pipeline.holdout_loader(self.holdout, self.class_names,
+                                   self.preprocess, self.eval_batch_size,
+                                   self.seed)
 
   def eval_prompts(self, class_names: Sequence[str]) -> np.ndarray:
     """uint8[C, K, S, S, 3]: fixed prompts per class, drawn with the seed.
