@@ -220,7 +220,9 @@ def test_expert_parallel_forward_matches_single_device():
   params = _shardings(mesh, config, state)
   leaf = params["global_experts"]["student_12"]["kernel"]
   assert leaf.sharding.spec[0] == "expert"
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules.DEFAULT_RULES):
+  # `with mesh` (not jax.set_mesh): under set_mesh flax applies its global
+  # logical constraints, which reject DenseGeneral's flattened kernels.
+  with mesh, nn.logical_axis_rules(rules.DEFAULT_RULES):
     out = jax.jit(forward)(params, state.frozen)
   for key in ref:
     scale = float(np.abs(ref[key]).max())
@@ -247,7 +249,9 @@ def test_expert_parallel_train_step_matches_single_device(ways):
   sharded = sharded.replace(opt_state=tx.init(sharded.params))
   leaf = sharded.params["patch_experts"]["decoder_0"]["fc1"]["kernel"]
   assert len(leaf.sharding.device_set) == ways
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules.DEFAULT_RULES):
+  # `with mesh` (not jax.set_mesh): under set_mesh flax applies its global
+  # logical constraints, which reject DenseGeneral's flattened kernels.
+  with mesh, nn.logical_axis_rules(rules.DEFAULT_RULES):
     new_state, metrics = jax.jit(step)(sharded, batch, jax.random.key(1))
   for key in ref_metrics:
     np.testing.assert_allclose(metrics[key], ref_metrics[key], rtol=1e-5,
