@@ -15,14 +15,13 @@ from __future__ import annotations
 import logging
 import pathlib
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from moeclip_jax.data import records as rec
 from moeclip_jax.data import transforms
 from moeclip_jax.methods.inctrl import fewshot
-from moeclip_jax.methods.inctrl import model as inctrl_model
+from moeclip_jax.methods.inctrl import method as inctrl_method
 from moeclip_jax.verbs import adapters
 from moeclip_jax.verbs import common
 from moeclip_jax.verbs import prompt_sets
@@ -79,15 +78,9 @@ class InCTRLAdapter(adapters.Adapter):
     context: prompts {layer_tokens [C, K, L, T, W], pooled [C, K, D]},
     text [C, 2, D].
     """
-    model = self.detector.model
-    query = model.apply(variables, batch["image"],
-                        method=inctrl_model.InCTRL.encode_images)
-    ids = batch["class_id"]  # [B]
-    prompts = jax.tree.map(lambda x: x[ids], context["prompts"])
-    score, aux = model.apply(variables, query, prompts, context["text"][ids],
-                             method=inctrl_model.InCTRL.score_features)
-    amap = inctrl_model.patch_map_to_image(aux["patch_map"], self.image_size)
-    return {"anomaly_map": amap, "image_score": score}
+    return inctrl_method.predict_with_class_prompts(
+        self.detector.model, variables, batch["image"], batch["class_id"],
+        context)
 
   def _normalise(self, images_uint8) -> np.ndarray:
     cfg = transforms.get_preprocess(self.preprocess)

@@ -68,6 +68,31 @@ def _read_into_shards(ckpt, abstract, like: dict):
   return common.read_params_checkpoint(ckpt, abstract=target)
 
 
+def predict_with_class_prompts(module, variables, images, class_id,
+                               context) -> dict:
+  """Scores each image against its class's prompt features and text prior.
+
+  Args:
+    module: the InCTRL module.
+    variables: {params, batch_stats}.
+    images: float32[B, S, S, 3], normalised.
+    class_id: int32[B].
+    context: prompts {layer_tokens [C, K, L, T, W], pooled [C, K, D]},
+      text [C, 2, D].
+
+  Returns:
+    {"anomaly_map" [B, S, S] (M_p), "image_score" [B] ((s_h + s_p) / 2)}.
+  """
+  query = module.apply(variables, images,
+                       method=model_lib.InCTRL.encode_images)
+  prompts = jax.tree.map(lambda x: x[class_id], context["prompts"])
+  score, aux = module.apply(variables, query, prompts,
+                            context["text"][class_id],
+                            method=model_lib.InCTRL.score_features)
+  amap = model_lib.patch_map_to_image(aux["patch_map"], images.shape[1:3])
+  return {"anomaly_map": amap, "image_score": score}
+
+
 class InCTRLMethod:
   """Trainer seam for InCTRL."""
 
@@ -195,18 +220,9 @@ class InCTRLMethod:
           "class), which make_context builds only for data with "
           "data.holdout_classes; for other sets use the detector or python "
           "-m moeclip_jax.methods.inctrl.evaluate")
-    towers = {k: params["params"][k] for k in TOWERS}
-    query = self.module.apply({"params": towers}, self._pixels(batch["image"]),
-                              method=model_lib.InCTRL.encode_images)
-    ids = batch["class_id"]
-    prompts = jax.tree.map(lambda x: x[ids], context["prompts"])
-    score, aux = self.module.apply(
-        params, query, prompts, context["text"][ids],
-        method=model_lib.InCTRL.score_features)
-    size = batch["image"].shape[1:3]
-    return {"anomaly_map": model_lib.patch_map_to_image(aux["patch_map"],
-                                                        size),
-            "image_score": score}
+    return predict_with_class_prompts(self.module, params,
+                                      self._pixels(batch["image"]),
+                                      batch["class_id"], context)
 
   def checkpoint_config(self) -> dict:
     """config.json of an export; `detector.model_from_config` reads it."""
