@@ -24,7 +24,7 @@ VERBS = {
                   "thresholds + per-class statistics for predict"),
     "export": ("moeclip_jax.verbs.export",
                "serialized StableHLO (jax.export) of a detector"),
-    "convert": ("moeclip_jax.convert.__main__",
+    "convert": ("moeclip_jax.verbs.convert",
                 "convert HF / OpenAI / OpenCLIP / official weights"),
     "data": ("moeclip_jax.verbs.data", "prepare / inspect datasets"),
     "embed": ("moeclip_jax.verbs.embed",

@@ -19,7 +19,7 @@ import pytest
 
 from conftest import require_shared
 from moeclip_jax.convert import anomalymoe_official
-from moeclip_jax.methods.anomalymoe import inference
+from moeclip_jax.methods.anomalymoe import maps as inference
 from moeclip_jax.methods.anomalymoe import losses
 from moeclip_jax.methods.anomalymoe import model as model_lib
 

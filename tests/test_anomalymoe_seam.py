@@ -14,7 +14,7 @@ import pytest
 from moeclip_jax.data import components
 from moeclip_jax.methods.anomalymoe import components_jax
 from moeclip_jax.methods.anomalymoe import data as data_lib
-from moeclip_jax.methods.anomalymoe import predictor
+from moeclip_jax.methods.anomalymoe import maps as predictor
 
 
 def _maps(n=3, g=8, dim=16, seed=0):

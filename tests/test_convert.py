@@ -7,7 +7,7 @@ import pytest
 
 import clip_oracle
 import openclip_layout
-from moeclip_jax.convert import __main__ as convert_main
+from moeclip_jax.verbs import convert as convert_main
 from moeclip_jax.convert import clip_cli
 from moeclip_jax.convert import clip_convert
 from moeclip_jax.convert import common

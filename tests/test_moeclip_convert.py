@@ -16,7 +16,9 @@ import pytest
 import openclip_layout
 import test_moeclip_model as tiny
 from conftest import require_shared
-from moeclip_jax.convert import __main__ as convert_main
+from moeclip_jax.convert import registry as convert_registry
+from moeclip_jax.verbs import convert as convert_main
+from moeclip_jax.checkpoint import params as ckpt_params
 from moeclip_jax.convert import common
 from moeclip_jax.convert import moeclip_official
 from moeclip_jax.methods.moeclip import losses
@@ -96,7 +98,7 @@ def test_cli_end_to_end_tiny(tmp_path):
   argv = ["moeclip-official", "--clip", str(tmp_path / "clip.safetensors"),
           "--adapter", str(tmp_path / "moe_epoch_3.pth"), "--dst", str(dst),
           "--model", "tiny-test"]
-  if moeclip_official in convert_main.CONVERTERS:
+  if moeclip_official in convert_registry.CONVERTERS:
     assert convert_main.main(argv) == 0
   else:  # not wired into `python -m moeclip_jax.convert` yet
     parser = argparse.ArgumentParser()
@@ -113,7 +115,7 @@ def test_cli_end_to_end_tiny(tmp_path):
   meta = json.loads((dst / "meta.json").read_text())
   assert meta["source_format"] == "moeclip-official"
   # Another config (other shapes) or another method is refused clearly.
-  with pytest.raises(common.ConversionError, match="does not match"):
+  with pytest.raises(ckpt_params.CheckpointError, match="does not match"):
     model_io.load(dst, proj_dim=16)
   (tmp_path / "other").mkdir()
   (tmp_path / "other" / "config.json").write_text('{"method": "inctrl"}')

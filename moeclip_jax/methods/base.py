@@ -185,6 +185,9 @@ class Detector(Protocol):
   def run_facts(self) -> dict:
     """Facts recorded in protocol.json."""
 
+  def default_class_name(self) -> str:
+    """The class `predict` uses when none is given."""
+
   def export_fn(self, class_names: Sequence[str], calibration: dict | None):
     """The `inference.export.ExportSpec` that `export` lowers."""
 
@@ -216,6 +219,9 @@ class DetectorBase:
 
   def run_facts(self) -> dict:
     return {"method": self.method}
+
+  def default_class_name(self) -> str:
+    return "object"  # the generic noun / class
 
   def begin_predict(self, paths, class_name, entry, out=None) -> dict:
     del paths, class_name, entry, out

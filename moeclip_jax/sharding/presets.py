@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import logging
 import os
+import pathlib
+import runpy
 from typing import Any, Mapping
 
 import jax
@@ -162,15 +164,11 @@ def configure(config, devices=None) -> jax.sharding.Mesh:
 
 def load_config_file(path, arg=None):
   """`get_config(arg)` of a config file given by path (configs/*.py)."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  import pathlib  # pylint: disable=g-import-not-at-top
   path = pathlib.Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"{path}: no such config file")
-  spec = importlib.util.spec_from_file_location(path.stem, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg) if arg is not None else module.get_config()
+  get_config = runpy.run_path(str(path), run_name=path.stem)["get_config"]
+  return get_config(arg) if arg is not None else get_config()
 
 
 def overlay_config(preset: str, overlay_file: str, arg: str | None):

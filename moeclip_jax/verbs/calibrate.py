@@ -149,9 +149,4 @@ def main(argv=None) -> int:
   if args.f1 and args.normal:
     print("error: --f1 needs a labelled --dataset", file=sys.stderr)
     return 2
-  try:
-    run(args)
-  except (ValueError, FileNotFoundError, KeyError) as err:
-    print(f"error: {err}", file=sys.stderr)
-    return 2
-  return 0
+  return common.guarded(run, args)[1]

@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 import logging
 import pathlib
-from typing import Sequence
+import sys
+from typing import Any, Callable, Sequence
 
 from moeclip_jax.methods import registry
 from moeclip_jax.utils import console as console_lib
@@ -18,6 +19,18 @@ log = logging.getLogger("moeclip_jax.verbs")
 console = console_lib.console
 progress = console_lib.progress
 list_images = image_utils.list_images
+
+# What a user's input can raise: one line `error: ...`, exit code 2.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, KeyError)
+
+
+def guarded(fn: Callable[..., Any], *args, **kwargs) -> tuple[Any, int]:
+  """(fn(*args, **kwargs), 0), or (None, 2) after printing a user error."""
+  try:
+    return fn(*args, **kwargs), 0
+  except USER_ERRORS as err:
+    print(f"error: {err}", file=sys.stderr)
+    return None, 2
 
 
 

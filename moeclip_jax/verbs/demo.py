@@ -25,9 +25,7 @@ import dataclasses
 import logging
 import os
 import pathlib
-import runpy
 import shutil
-import sys
 import time
 
 import numpy as np
@@ -39,6 +37,7 @@ from moeclip_jax.data import synthetic
 from moeclip_jax.data.readers import elpv
 from moeclip_jax.eval import protocols, reports
 from moeclip_jax.inference import evaluation, runner
+from moeclip_jax.sharding import presets
 from moeclip_jax.tools import tiny_hf_clip
 from moeclip_jax.train import loop
 from moeclip_jax.utils import io
@@ -147,7 +146,7 @@ def tiny_config_path() -> pathlib.Path:
 def demo_config(backbone: pathlib.Path, source: pathlib.Path,
                 opts: DemoOptions):
   """configs/moeclip_tiny.py with the demo's backbone, data and steps."""
-  c = runpy.run_path(str(tiny_config_path()))["get_config"]()
+  c = presets.load_config_file(tiny_config_path())
   c.seed = opts.seed
   c.backbone.checkpoint = str(backbone)
   c.backbone.image_size = opts.image_size
@@ -342,11 +341,9 @@ def main(argv=None) -> int:
   args = build_parser().parse_args(argv)
   opts = DemoOptions(**{f.name: getattr(args, f.name)
                         for f in dataclasses.fields(DemoOptions)})
-  try:
-    result = run(opts)
-  except (ValueError, FileNotFoundError, FileExistsError) as err:
-    print(f"error: {err}", file=sys.stderr)
-    return 2
+  result, code = common.guarded(run, opts)
+  if code:
+    return code
   common.console().print(reports.rich_table(result["metrics"],
                                             "zero-shot on the held-out class"))
   print(f"demo done in {result['times']['calibrate + predict']:.0f} s: "

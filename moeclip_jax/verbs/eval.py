@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import pathlib
-import sys
 from typing import Any
 
 from moeclip_jax.eval import protocols, reports
@@ -84,9 +83,4 @@ def _print_draws(report) -> None:
 
 def main(argv=None) -> int:
   args = build_parser().parse_args(argv)
-  try:
-    run(args)
-  except (ValueError, FileNotFoundError, KeyError) as err:
-    print(f"error: {err}", file=sys.stderr)
-    return 2
-  return 0
+  return common.guarded(run, args)[1]

@@ -21,7 +21,6 @@ time (`set_prompts`).
 from __future__ import annotations
 
 import logging
-import sys
 
 from moeclip_jax.inference import calibration
 from moeclip_jax.inference import export as export_lib
@@ -62,17 +61,17 @@ def export_checkpoint(detector, out, class_names=None, platforms=None):
   return export_lib.write_stablehlo(spec, out, platforms)
 
 
+def run(args):
+  common.add_log_file(args.out, "export")
+  detector = common.load_detector(args.checkpoint, common.method_options(args))
+  return export_checkpoint(detector, args.out,
+                           common.parse_class_names(args.class_names),
+                           args.platforms)
+
+
 def main(argv=None) -> int:
-  args = build_parser().parse_args(argv)
-  try:
-    common.add_log_file(args.out, "export")
-    detector = common.load_detector(args.checkpoint,
-                                    common.method_options(args))
-    out = export_checkpoint(detector, args.out,
-                            common.parse_class_names(args.class_names),
-                            args.platforms)
-  except (ValueError, FileNotFoundError, KeyError) as err:
-    print(f"error: {err}", file=sys.stderr)
-    return 2
+  out, code = common.guarded(run, build_parser().parse_args(argv))
+  if code:
+    return code
   print(f"wrote {out} (predict.stablehlo, params.npz, export.json, ...)")
   return 0

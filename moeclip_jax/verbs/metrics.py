@@ -63,12 +63,14 @@ def load_predictions(path: str) -> dict[str, np.ndarray]:
       arrays = {k: data[k] for k in data.files}
   except (OSError, ValueError) as err:
     raise ValueError(f"{path}: not a readable .npz without pickles ({err})")
-  missing = [k for k in REQUIRED_KEYS if k not in arrays]
-  if missing:
-    raise ValueError(f"{path}: missing keys {missing} (has {sorted(arrays)})")
-  unknown = [k for k in arrays if k not in PRED_KEYS]
-  if unknown:
-    raise ValueError(f"{path}: unknown keys {unknown}; expected {PRED_KEYS}")
+  problems = {  # message -> offending keys
+      f"missing keys {{}} (has {sorted(arrays)})":
+          [k for k in REQUIRED_KEYS if k not in arrays],
+      f"unknown keys {{}}; expected {PRED_KEYS}":
+          [k for k in arrays if k not in PRED_KEYS]}
+  for message, keys in problems.items():
+    if keys:
+      raise ValueError(f"{path}: " + message.format(keys))
   return arrays
 
 

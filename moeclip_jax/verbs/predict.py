@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import pathlib
-import sys
 from typing import Any, Sequence
 
 import numpy as np
@@ -141,7 +140,7 @@ def predict_paths(detector, inputs: Sequence[str], out,
   out.mkdir(parents=True, exist_ok=True)
   if save_maps:
     (out / "maps").mkdir(parents=True, exist_ok=True)
-  class_name = resolve_class_name(detector, class_name)
+  class_name = class_name or detector.default_class_name()
   stored = calibration.load(detector.checkpoint_dir)
   calibration.check_method(stored, detector.method, detector.checkpoint_dir)
   entry = calibration.entry_for(stored, class_name)
@@ -173,17 +172,6 @@ def predict_paths(detector, inputs: Sequence[str], out,
           "threshold": thr, "threshold_source": source, **facts}
 
 
-def resolve_class_name(detector, class_name: str | None) -> str:
-  """--class-name, else a single saved InCTRL prompt set's class, else
-  the generic 'object'."""
-  if class_name:
-    return class_name
-  source = getattr(detector, "source", None)
-  if source is not None and len(source.sets) == 1 and not source.pool:
-    return next(iter(source.sets))
-  return "object"
-
-
 def _print_summary(summary: dict) -> None:
   from rich.table import Table  # pylint: disable=g-import-not-at-top
   table = Table(title=f"threshold {summary['threshold']} "
@@ -199,18 +187,19 @@ def _print_summary(summary: dict) -> None:
                            " listed in unreadable.txt")
 
 
+def run(args) -> dict:
+  common.add_log_file(args.out, "predict")
+  detector = common.load_detector(args.checkpoint, common.method_options(args))
+  return predict_paths(detector, args.inputs, args.out, args.class_name,
+                       args.threshold, save_maps=args.save_maps,
+                       batch_size=args.batch_size)
+
+
 def main(argv=None) -> int:
   args = build_parser().parse_args(argv)
-  try:
-    common.add_log_file(args.out, "predict")
-    detector = common.load_detector(args.checkpoint,
-                                    common.method_options(args))
-    summary = predict_paths(detector, args.inputs, args.out, args.class_name,
-                            args.threshold, save_maps=args.save_maps,
-                            batch_size=args.batch_size)
-  except (ValueError, FileNotFoundError, KeyError) as err:
-    print(f"error: {err}", file=sys.stderr)
-    return 2
+  summary, code = common.guarded(run, args)
+  if code:
+    return code
   _print_summary(summary)
   print(f"wrote {len(summary['predictions'])} predictions to "
         f"{pathlib.Path(args.out) / PREDICTIONS_FILE}")

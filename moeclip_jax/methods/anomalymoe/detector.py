@@ -10,7 +10,7 @@ anomalymoe-official`) holds `config.json` (method "anomalymoe", the
 `AnomalyMoEConfig` fields and, for trained runs, `class_names`) and
 `params/`: {"model": ...} plus, for trained runs, "calib" (per-class
 min-max of the three map levels) and "components" (per-class k-means
-centres and kept clusters) — see predictor.py. Official conversions may
+centres and kept clusters) — see maps.py. Official conversions may
 instead carry `component_centres.npz` / `component_filter.json` (the
 `data components` output), used the same way.
 
@@ -52,7 +52,7 @@ from moeclip_jax.data import records as rec
 from moeclip_jax.inference import export as export_lib
 from moeclip_jax.inference import runner
 from moeclip_jax.methods import base
-from moeclip_jax.methods.anomalymoe import components_jax, inference, predictor
+from moeclip_jax.methods.anomalymoe import components_jax, maps
 from moeclip_jax.methods.anomalymoe import model as model_lib
 from moeclip_jax.utils import images as image_utils
 
@@ -94,8 +94,8 @@ class AnomalyMoEDetector(base.DetectorBase):
       raise ValueError(f"--minmax must be auto or test, got {minmax!r}")
     self._run_min_max = None
     self._stats_pass = _StatsPass(self)
-    self._predict = jax.jit(functools.partial(predictor.predict, self.module))
-    self._raw = jax.jit(functools.partial(predictor.eval_maps, self.module))
+    self._predict = jax.jit(functools.partial(maps.predict, self.module))
+    self._raw = jax.jit(functools.partial(maps.eval_maps, self.module))
 
   @classmethod
   def cli_options(cls) -> Sequence[base.Option]:
@@ -154,7 +154,7 @@ class AnomalyMoEDetector(base.DetectorBase):
     x = jnp.asarray(self.prepare(images))
     params, idx = self._params_for(class_name)
     if component_masks is None:
-      component_masks = predictor.predicted_masks(
+      component_masks = maps.predicted_masks(
           self.module, params, x, jnp.full((x.shape[0],), idx, jnp.int32))
     return self._raw(params["model"], x,
                      jnp.asarray(component_masks, jnp.float32))
@@ -162,7 +162,7 @@ class AnomalyMoEDetector(base.DetectorBase):
   def calibrate(self, images, component_masks=None, class_name=None):
     """Class min-max [3, 2] over the given images (one class)."""
     raw, _ = self.raw_maps(images, component_masks, class_name)
-    return np.asarray(inference.class_min_max(
+    return np.asarray(maps.class_min_max(
         (raw["map_patch"], raw["map_global"], raw["map_component"])))
 
   def predict(self, images, class_names=None, component_masks=None,
@@ -212,21 +212,21 @@ class AnomalyMoEDetector(base.DetectorBase):
     """Component masks from the class centres; zeros for unknown classes."""
     ckpt = context["checkpoint_id"][class_ids]  # [B], -1 = unknown
     known = (ckpt >= 0).astype(jnp.float32)[:, None, None, None]
-    masks = predictor.predicted_masks(
+    masks = maps.predicted_masks(
         self.module, params, images, jnp.maximum(ckpt, 0))
     return masks * known
 
   def level_maps(self, params, batch, context):
     images = batch["image"]
     masks = self._masks(params, images, context, batch["class_id"])
-    raw, _ = predictor.eval_maps(self.module, params["model"],
+    raw, _ = maps.eval_maps(self.module, params["model"],
                                       images, masks)
-    return predictor.level_maps(raw)
+    return maps.level_maps(raw)
 
   def predict_fn(self, params, batch, context):
     ids = batch["class_id"]
     masks = self._masks(params, batch["image"], context, ids)
-    out = predictor.predict(
+    out = maps.predict(
         self.module, params, batch["image"],
         jnp.maximum(context["checkpoint_id"][ids], 0), masks,
         context["min_max"][ids])
@@ -379,9 +379,9 @@ class AnomalyMoEDetector(base.DetectorBase):
     def fn(flat_params, pixels, class_id, known, min_max):
       params = jax.tree.unflatten(treedef, flat_params)
       ids = jnp.full(pixels.shape[:1], class_id, jnp.int32)
-      masks = predictor.predicted_masks(module, params, pixels, ids) * known
+      masks = maps.predicted_masks(module, params, pixels, ids) * known
       mm = jnp.broadcast_to(min_max, pixels.shape[:1] + (3, 2))
-      out = predictor.predict(module, params, pixels, ids, masks, mm)
+      out = maps.predict(module, params, pixels, ids, masks, mm)
       return out["anomaly_map"], out["image_score"]
 
     tables = {"class_id": {n: np.int32(stats[n][0]) for n in names},
@@ -404,11 +404,11 @@ class _StatsPass:
     self.detector = detector
 
   def predict_fn(self, params, batch, context):
-    maps = self.detector.level_maps(params, batch, context)  # [B, 3, S, S]
-    stats = jnp.stack([jnp.min(maps, axis=(2, 3)), jnp.max(maps, axis=(2, 3))],
-                      -1)  # [B, 3, 2]
+    levels = self.detector.level_maps(params, batch, context)  # [B, 3, S, S]
+    stats = jnp.stack([jnp.min(levels, axis=(2, 3)),
+                       jnp.max(levels, axis=(2, 3))], -1)  # [B, 3, 2]
     return {"anomaly_map": stats,
-            "image_score": jnp.zeros(maps.shape[:1], maps.dtype)}
+            "image_score": jnp.zeros(levels.shape[:1], levels.dtype)}
 
 
 def _resize_crop(image, resize: int, crop: int) -> np.ndarray:
@@ -418,14 +418,14 @@ def _resize_crop(image, resize: int, crop: int) -> np.ndarray:
   return np.asarray(pil)[top:top + crop, top:top + crop]
 
 
-def _uncrop(maps, out_hw, resize: int) -> np.ndarray:
+def _uncrop(amaps, out_hw, resize: int) -> np.ndarray:
   """[B, S, S] on the centre crop -> [B, H, W] (border: the crop's edge)."""
-  s = maps.shape[-1]
+  s = amaps.shape[-1]
   top = int(round((resize - s) / 2.0))
   pad = ((0, 0), (top, resize - s - top), (top, resize - s - top))
-  full = np.pad(maps, pad, mode="edge")
+  full = np.pad(amaps, pad, mode="edge")
   return np.asarray(jax.image.resize(
-      full, (maps.shape[0],) + tuple(out_hw), "bilinear"))
+      full, (amaps.shape[0],) + tuple(out_hw), "bilinear"))
 
 
 def _single(class_names) -> str:

@@ -2,7 +2,7 @@
 
 Parameter tree: {"model": AnomalyMoE params (frozen "encoder" inside),
 "mi_estimator": CLUB estimator params, "calib": per-class min-max state,
-"components": the frozen per-class k-means centres} (see predictor.py).
+"components": the frozen per-class k-means centres} (see maps.py).
 Training data: normal images only, with their component masks
 (data.py). The official alternating estimator
 step is folded into one loss: the main objective sees the estimator through
@@ -34,8 +34,8 @@ from moeclip_jax.methods.anomalymoe import (
   components_jax,
   experts,
   losses,
+  maps,
   ops,
-  predictor,
   training,
 )
 from moeclip_jax.methods.anomalymoe import data as data_lib
@@ -243,22 +243,22 @@ class AnomalyMoEMethod:
   def _calibrate(self, params, images, masks, class_id):
     """Running per-class min / max of the eval-mode raw maps (no grad)."""
     model = jax.lax.stop_gradient(params["model"])
-    raw, _ = predictor.eval_maps(self.module, model, images, masks)
-    return predictor.calibration_update(
-        params["calib"], predictor.level_maps(raw), class_id,
+    raw, _ = maps.eval_maps(self.module, model, images, masks)
+    return maps.calibration_update(
+        params["calib"], maps.level_maps(raw), class_id,
         self.calib_momentum)
 
   def forward_maps(self, params, batch):
     """Eval forward; raw maps [B, S, S] x 3 and fusion coefficients."""
     images, _, masks = self._inputs(batch)
-    return predictor.eval_maps(self.module, params["model"], images, masks)
+    return maps.eval_maps(self.module, params["model"], images, masks)
 
   def predict_fn(self, params, batch, context):
     """Class statistics and component masks come from `params`."""
     del context
     masks = batch.get("component_masks")
     jitter = jax.random.key(0) if self.test_time_jitter else None
-    out = predictor.predict(
+    out = maps.predict(
         self.module, params, batch["image"], self._class_id(batch),
         None if masks is None else masks.astype(jnp.float32),
         jitter_rng=jitter)

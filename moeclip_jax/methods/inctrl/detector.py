@@ -252,6 +252,12 @@ class InCTRLDetector(base.DetectorBase):
                                for c, ps in sets.items()}}
 
   # ---- loose images ----
+  def default_class_name(self) -> str:
+    """A single saved prompt set's class, else the generic 'object'."""
+    if len(self.source.sets) == 1 and not self.source.pool:
+      return next(iter(self.source.sets))
+    return "object"
+
   def begin_predict(self, paths, class_name, entry, out=None) -> dict:
     """Draws the prompts from --prompts and hands them to the detector."""
     del paths
