@@ -1,7 +1,9 @@
 """`moeclip-jax data SUBCOMMAND ...` (also `python -m moeclip_jax.data`).
 
 Subcommands (the `COMMANDS` table):
-  prepare     check every input, then build a TFDS (array_record) dataset
+  prepare     check every input, then build a TFDS (array_record) dataset;
+              with --out, write the papers' preprocessed copy (SDD slices,
+              AITEX tiles, LOCO merged masks) + meta.json + full-shot.jsonl
   inspect     counts per split / class / label, mask coverage, bad inputs
   components  per-class k-means part masks from a DINOv2 backbone (the
               masks AnomalyMoE's component experts train on)
@@ -16,7 +18,7 @@ import os
 import sys
 from typing import Callable, Optional, Sequence
 
-from moeclip_jax.data import checks, components, readers
+from moeclip_jax.data import checks, components, materialise, readers
 from moeclip_jax.data import records as rec
 
 
@@ -66,10 +68,24 @@ def _prepare_args(parser: argparse.ArgumentParser) -> None:
                       help="leave bad inputs out (each is printed), exit 0")
   parser.add_argument("--overwrite", action="store_true",
                       help="rebuild if the dataset already exists")
+  parser.add_argument("--out", default=None,
+                      help="write a preprocessed MVTec-style copy here (with "
+                      "meta.json, full-shot.jsonl, manifest.json) instead of "
+                      "a TFDS build; a rerun verifies the manifest")
+  parser.add_argument("--meta-only", action="store_true",
+                      help="with --out: only meta.json + full-shot.jsonl "
+                      "naming the original files")
+
+
+def _reader_options(args) -> dict:
+  """--option pairs; with prepare --out, over the layout's preset."""
+  preset = (materialise.PRESETS.get(args.name, {})
+            if getattr(args, "out", None) and not args.meta_only else {})
+  return {**preset, **_options(args.option)}
 
 
 def _scan(args) -> rec.ScanResult:
-  return readers.scan(args.name, args.root, **_options(args.option))
+  return readers.scan(args.name, args.root, **_reader_options(args))
 
 
 def _report_bad(report: checks.CheckReport, skip_bad: bool) -> None:
@@ -80,9 +96,15 @@ def _report_bad(report: checks.CheckReport, skip_bad: bool) -> None:
 
 def run_prepare(args: argparse.Namespace) -> int:
   """Checks every input, then builds (or stops with exit 1)."""
-  # Imported here so that `inspect` never loads tensorflow_datasets.
-  from moeclip_jax.data import tfds_builders  # pylint: disable=g-import-not-at-top
-  report = checks.check(_scan(args))
+  scan = _scan(args)
+  if (args.out and not args.meta_only and not args.overwrite
+      and not args.skip_bad and os.path.exists(args.out)):
+    manifest = materialise.verify(args.out, materialise.input_digest(
+        scan.records, args.name, _reader_options(args)))
+    _say(f"verified {len(manifest['files'])} files in {args.out} "
+         "(nothing redone)")
+    return 0
+  report = checks.check(scan)
   for note in report.notes:
     _say(f"NOTE {note}")
   _report_bad(report, args.skip_bad)
@@ -91,6 +113,10 @@ def run_prepare(args: argparse.Namespace) -> int:
     _say(f"{len(report.issues)} bad input(s); nothing written "
          "(fix them, or pass --skip-bad to leave them out)")
     return 1
+  if args.out:
+    return _prepare_out(args, report)
+  # Imported here so that `inspect` and `--out` never load tensorflow_datasets.
+  from moeclip_jax.data import tfds_builders  # pylint: disable=g-import-not-at-top
   tfds_builders.build(args.name, args.root, args.data_dir,
                       config_name=args.config_name,
                       reader_options=_options(args.option),
@@ -98,6 +124,19 @@ def run_prepare(args: argparse.Namespace) -> int:
   _say(f"items in: {report.items_in}, written: {len(report.kept)}, "
        f"skipped: {skipped}")
   assert report.items_in == len(report.kept) + skipped
+  return 0
+
+
+def _prepare_out(args, report: checks.CheckReport) -> int:
+  """`prepare --out`: the preprocessed copy (or only the metadata files)."""
+  if args.meta_only:
+    for path in materialise.write_meta_only(report.kept, args.out):
+      _say(f"wrote {path}")
+  else:
+    materialise.materialise(report.kept, args.out, args.name,
+                            _reader_options(args), args.overwrite, say=_say)
+  _say(f"items in: {report.items_in}, written: {len(report.kept)}, "
+       f"skipped: {len(report.skipped)}")
   return 0
 
 
@@ -177,6 +216,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   args = parser.parse_args(argv)
   try:
     return COMMANDS[args.verb].run(args)
+  except materialise.PrepareError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
   except (FileNotFoundError, KeyError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
