@@ -152,3 +152,31 @@ def test_meta_only_names_the_original_files(tmp_path):
                    r.mask_path and os.path.realpath(r.mask_path))
   assert sorted(map(key, meta.records)) == sorted(map(key, original.records))
   assert len(meta.records) == n
+
+
+def test_inspect_reports_counts_sizes_modes_and_faults(tmp_path, capsys):
+  root = tmp_path / "bmad"
+  zoo_fakes.make_bmad(str(root))
+  os.remove(root / "test" / "Ungood" / "label" / "00001.png")  # missing mask
+  (root / "test" / "good" / "img" / "00000.png").write_bytes(b"broken")
+  rc = cli.main(["inspect", "bmad", "--root", str(root), "--check",
+                 "--json", str(tmp_path / "r.json")])
+  out = capsys.readouterr().out
+  assert rc == 1
+  assert "test: 4 images, 2 normal, 2 anomalous, masks 1/2" in out
+  assert "  bmad: 3 (3 normal, 0 anomalous, masks 0/0)" in out
+  assert "image sizes: 16x12 x6" in out and "image modes: RGB x6" in out
+  bad_lines = [l for l in out.splitlines() if l.startswith("BAD ")]
+  assert any("00001.png: no mask in" in l for l in bad_lines)
+  assert any("00000.png: unreadable" in l for l in bad_lines)
+  summary = json.loads((tmp_path / "r.json").read_text())
+  area = summary["groups"]["test/bmad"]["mask_area"]
+  assert area["min"] == pytest.approx(9 / (12 * 16))
+
+
+def test_inspect_says_when_image_metrics_will_be_empty(tmp_path, capsys):
+  zoo_fakes.make_pranet(str(tmp_path))
+  assert cli.main(["inspect", "cvc_300", "--root", str(tmp_path)]) == 0
+  out = capsys.readouterr().out
+  assert "no normal test images" in out
+  assert "  Colon_cvc300: 3 (0 normal, 3 anomalous, masks 3/3)" in out

@@ -18,8 +18,15 @@ import os
 import sys
 from typing import Callable, Optional, Sequence
 
-from moeclip_jax.data import checks, components, materialise, readers
+from moeclip_jax.data import (
+    checks,
+    components,
+    inspection,
+    materialise,
+    readers,
+)
 from moeclip_jax.data import records as rec
+from moeclip_jax.utils import io
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,31 +150,20 @@ def _prepare_out(args, report: checks.CheckReport) -> int:
 def _inspect_args(parser: argparse.ArgumentParser) -> None:
   _dataset_args(parser)
   parser.add_argument("--check", action="store_true",
-                      help="also decode every file and list bad inputs")
-
-
-def _print_counts(records: list[rec.Record]) -> None:
-  c = rec.counts(records)
-  for split, n in sorted(c["split"].items()):
-    normal, anomalous = c["label"][(split, 0)], c["label"][(split, 1)]
-    masked = c["mask"][(split, True)]
-    cover = f"{masked}/{anomalous}" if anomalous else "-"
-    _say(f"{split}: {n} images, {normal} normal, {anomalous} anomalous, "
-         f"masks {cover}")
-    for (s, name), k in sorted(c["class"].items()):
-      if s == split:
-        _say(f"  {name}: {k}")
+                      help="also decode every image and mask (bad files, "
+                      "mask areas, empty masks)")
+  parser.add_argument("--json", default=None, metavar="PATH",
+                      help="also write the report as JSON")
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-  scan = _scan(args)
-  _print_counts(scan.records)
-  for note in scan.notes:
-    _say(f"NOTE {note}")
-  issues = checks.check(scan).issues if args.check else scan.issues
-  for issue in issues:
-    _say(f"BAD {issue.path}: {issue.problem}")
-  return 1 if issues else 0
+  """Counts per split / class / label, sizes, modes; exit 1 on a fault."""
+  summary = inspection.summarise(_scan(args), decode=args.check)
+  for line in inspection.lines(summary):
+    _say(line)
+  if args.json:
+    io.write_json(args.json, summary)
+  return 1 if summary["faults"] else 0
 
 
 def _components_args(parser: argparse.ArgumentParser) -> None:
