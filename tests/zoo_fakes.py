@@ -96,20 +96,25 @@ def make_kvasir(root) -> dict:
   return _facts(3, 3, 3)
 
 
+def _pairs(images_dir, masks_dir, n, name, mask_name):
+  """n images `name % i` with masks `mask_name % i`."""
+  for i in range(n):
+    image(f"{images_dir}/{name % i}", i)
+    mask(f"{masks_dir}/{mask_name % i}", i)
+
+
 def make_tn3k(root) -> dict:
   for split, n in (("trainval", 3), ("test", 2)):
-    for i in range(n):
-      image(f"{root}/{split}-image/{i:04d}.jpg", i)
-      mask(f"{root}/{split}-mask/{i:04d}.jpg", i)
+    _pairs(f"{root}/{split}-image", f"{root}/{split}-mask", n, "%04d.jpg",
+           "%04d.jpg")
   return _facts(5, 5, 5, ("train", "test"))
 
 
 def make_isic2016(root) -> dict:
   base = f"{root}/ISBI2016_ISIC_Part1_"
   for split, n in (("Training", 3), ("Test", 2)):
-    for i in range(n):
-      image(f"{base}{split}_Data/ISIC_{i:07d}.jpg", i)
-      mask(f"{base}{split}_GroundTruth/ISIC_{i:07d}_Segmentation.png", i)
+    _pairs(f"{base}{split}_Data", f"{base}{split}_GroundTruth", n,
+           "ISIC_%07d.jpg", "ISIC_%07d_Segmentation.png")
   return _facts(5, 5, 5, ("train", "test"))
 
 

@@ -31,6 +31,7 @@ import shutil
 import tempfile
 from typing import Callable, Optional, Sequence
 
+from moeclip_jax.checkpoint import params as ckpt_params
 from moeclip_jax.data import images
 from moeclip_jax.data import records as rec
 from moeclip_jax.utils import console
@@ -52,14 +53,6 @@ PRESETS: dict[str, dict] = {
 
 class PrepareError(ValueError):
   """An output folder that does not verify, or input that cannot be written."""
-
-
-def _sha256(path: str) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      h.update(block)
-  return h.hexdigest()
 
 
 def _group_key(r: rec.Record) -> tuple[str, str, str]:
@@ -169,7 +162,7 @@ def _hash_tree(folder: str) -> dict[str, str]:
       path = os.path.join(here, n)
       rel = os.path.relpath(path, folder).replace(os.sep, "/")
       if rel != MANIFEST:
-        files[rel] = _sha256(path)
+        files[rel] = ckpt_params.sha256_file(path)
   return files
 
 
