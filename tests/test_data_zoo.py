@@ -147,3 +147,15 @@ def test_realiad_single_view_json(tmp_path):
   assert len(bad) == 1 and bad[0].defect_type == "HS"
   assert os.path.isfile(bad[0].mask_path)
   assert {r.class_name for r in scan.records} == {"audiojack"}
+
+
+def test_realiad_prefers_single_view_jsons_inside_the_archive_folder(tmp_path):
+  zoo_fakes.make_realiad(str(tmp_path))
+  nested = tmp_path / "realiad_jsons"
+  nested.mkdir()
+  os.rename(tmp_path / "realiad_jsons_sv", nested / "realiad_jsons_sv")
+  (nested / "realiad_jsons").mkdir()  # multi-view: must not be chosen
+  (nested / "realiad_jsons" / "audiojack.json").write_text(
+      '{"meta": {"normal_class": "OK"}, "train": [], "test": []}')
+  scan = readers.scan("realiad", str(tmp_path))
+  assert len(scan.records) == 3

@@ -114,6 +114,7 @@ def test_small_images_are_padded_and_cropped_back():
 
 def test_tiled_eval_runs_bring_maps_and_masks_to_one_size(tmp_path):
   import data_fakes  # pylint: disable=g-import-not-at-top
+
   from moeclip_jax.data import readers  # pylint: disable=g-import-not-at-top
   data_fakes.make_mvtec(str(tmp_path), classes=("bottle",))
   records = [r for r in readers.scan("mvtec", str(tmp_path)).records

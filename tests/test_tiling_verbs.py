@@ -5,11 +5,11 @@ take about a minute on the 2-core box)."""
 
 import json
 
-import numpy as np
-import pytest
-from PIL import Image
-
 import cli_fixtures
+import numpy as np
+from PIL import Image
+import pytest
+
 import moeclip_jax
 from moeclip_jax import cli
 from moeclip_jax.inference import tiling

@@ -230,12 +230,18 @@ def _realiad_path(image_root: str, class_name: str, path: str) -> str:
 
 
 def _realiad_json_dir(root: str, json_dir: Optional[str]) -> str:
+  """The single-view JSON folder, else the multi-view one; each may sit in
+  `root` or in `root/realiad_jsons/` (the archive unpacks one more level)."""
   if json_dir:
     return _common.resolve(root, json_dir)
+  outer = _common.find_ci(root, ("realiad_jsons",))
   for name in _REALIAD_JSONS:
-    hit = _common.find_ci(root, (name,))
-    if hit:  # the zips unpack to realiad_jsons_sv/realiad_jsons_sv/ too
-      return _common.find_ci(hit, (name,)) or hit
+    for base in (root, outer):
+      hit = _common.find_ci(base, (name,)) if base else None
+      if hit:
+        return hit
+  if outer:
+    return outer
   raise FileNotFoundError(
       f"{root}: no {'/'.join(_REALIAD_JSONS)} folder of <class>.json files")
 
