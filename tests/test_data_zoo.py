@@ -159,3 +159,26 @@ def test_realiad_prefers_single_view_jsons_inside_the_archive_folder(tmp_path):
       '{"meta": {"normal_class": "OK"}, "train": [], "test": []}')
   scan = readers.scan("realiad", str(tmp_path))
   assert len(scan.records) == 3
+
+
+@pytest.mark.parametrize("labels", ["npy", "mat"])
+def test_ped2_frames_form_with_frame_label_files(tmp_path, labels):
+  from scipy import io as scipy_io  # pylint: disable=g-import-not-at-top
+  import data_fakes  # pylint: disable=g-import-not-at-top
+  base = tmp_path / "ped2"
+  for v in ("01", "02"):
+    for i in range(3):
+      data_fakes.image(f"{base}/training/frames/{v}/{i:03d}.jpg", i)
+      data_fakes.image(f"{base}/testing/frames/{v}/{i:03d}.jpg", 10 + i)
+  want = [0, 1, 1, 1, 0, 0]  # video 01 frames 2-3, video 02 frame 1
+  if labels == "npy":
+    np.save(tmp_path / "frame_labels_ped2.npy", np.asarray([want]))
+  else:
+    gt = np.empty((1, 2), object)
+    gt[0, 0], gt[0, 1] = np.array([[2], [3]]), np.array([[1], [1]])
+    scipy_io.savemat(str(tmp_path / "ped2.mat"), {"gt": gt})
+  scan = readers.scan("ped2", str(tmp_path))
+  test = [r for r in scan.records if r.split == "test"]
+  assert [r.label for r in test] == want
+  assert sum(r.split == "train" for r in scan.records) == 6
+  assert not scan.expects_masks

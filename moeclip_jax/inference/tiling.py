@@ -198,7 +198,9 @@ def eval_runs(detector, records: Sequence[rec.Record], spec: TileSpec,
       "masks")}
   for cid, name in enumerate(names):
     sel = [i for i, r in enumerate(records) if r.class_name == name]
-    detector.begin_predict([records[i].image_path for i in sel], name, None)
+    # No paths: a detector must not load every whole (large) image here;
+    # AnomalyMoE then takes its min-max from the first chunk of tiles.
+    detector.begin_predict(None, name, None)
     for i in console.progress(sel, f"eval tiled {name}", total=len(sel)):
       r = records[i]
       image, mask = image_io.load_pair(r.image_path, r.mask_path, r.crop)

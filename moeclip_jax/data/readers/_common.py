@@ -94,6 +94,19 @@ def need_ci(folder: str, names: Sequence[str], layout: str) -> str:
   return hit
 
 
+def find_file(root: str, name: str, depth: Optional[int] = None
+              ) -> Optional[str]:
+  """The first file `name` in `root` or its sub-folders (sorted walk, at
+  most `depth` levels down when given)."""
+  for here, dirs, files in os.walk(root):
+    dirs.sort()
+    if depth is not None and here[len(root):].count(os.sep) >= depth:
+      dirs[:] = []
+    if name in files:
+      return os.path.join(here, name)
+  return None
+
+
 def split_normals(records: list[rec.Record]) -> list[rec.Record]:
   """Normals 75/25 into train/test, anomalies stay test: every converter of
   InCTRL (`train_test_split(test_size=0.25, random_state=42)`)."""

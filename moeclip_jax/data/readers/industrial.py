@@ -19,6 +19,9 @@
   `test_novel/<category>/`; no masks.
 * UCSD Ped2: `UCSDped2/Train/TrainNNN/*.tif`, `Test/TestNNN/*.tif`,
   `Test/TestNNN_gt/*.bmp`; a frame is anomalous when its mask has a pixel.
+  Also the frames form of the video-prediction repos:
+  `ped2/{training,testing}/frames/NN/*.jpg` + `frame_labels_ped2.npy` or
+  `ped2.mat` (frame labels only, no masks).
 """
 
 from __future__ import annotations
@@ -315,14 +318,64 @@ def _ped2_test_video(video_dir, gt_dir, class_name, out) -> None:
         "anomaly" if anomalous else rec.GOOD, "ped2", "test"))
 
 
+def _ped2_frame_labels(root: str, counts: list[int]) -> list[int]:
+  """Frame labels of the `frames` form: `frame_labels_ped2.npy` (labels of
+  every test frame, videos in order) or `ped2.mat` ("gt": per video, 1-based
+  inclusive [start, end] anomaly intervals)."""
+  npy = _common.find_file(root, "frame_labels_ped2.npy")
+  if npy:
+    labels = np.load(npy).reshape(-1).astype(int).tolist()
+    if len(labels) != sum(counts):
+      raise ValueError(f"{npy}: {len(labels)} labels for {sum(counts)} "
+                       "test frames")
+    return labels
+  mat = _common.find_file(root, "ped2.mat")
+  if mat is None:
+    raise FileNotFoundError(
+        f"{root}: testing/frames needs frame labels (frame_labels_ped2.npy "
+        "or ped2.mat)")
+  from scipy import io as scipy_io  # pylint: disable=g-import-not-at-top
+  gt = np.asarray(scipy_io.loadmat(mat)["gt"]).reshape(-1)
+  if len(gt) != len(counts):
+    raise ValueError(f"{mat}: {len(gt)} videos in 'gt', {len(counts)} found")
+  labels = []
+  for intervals, n in zip(gt, counts):
+    video = np.zeros(n, int)
+    for start, end in np.asarray(intervals).reshape(2, -1).T:
+      video[int(start) - 1:int(end)] = 1
+    labels += video.tolist()
+  return labels
+
+
+def _scan_ped2_frames(root, base, class_name) -> rec.ScanResult:
+  """The `{training,testing}/frames/<NN>/*.jpg` form (frame labels only)."""
+  out = rec.ScanResult(records=[], expects_masks=False)
+  for split, folder in (("train", "training"), ("test", "testing")):
+    frames = os.path.join(base, folder, "frames")
+    videos = [os.path.join(frames, v) for v in _common.subdirs(frames)]
+    paths = [_common.list_images(v) for v in videos]
+    labels = (_ped2_frame_labels(root, [len(p) for p in paths])
+              if split == "test" else [0] * sum(map(len, paths)))
+    for path, label in zip((p for ps in paths for p in ps), labels):
+      out.records.append(rec.Record(
+          path, None, int(label), class_name,
+          "anomaly" if label else rec.GOOD, "ped2", split))
+  return _common.finish(out, root)
+
+
 def scan_ped2(root: str, class_name: str = "pedestrian") -> rec.ScanResult:
-  """UCSD Ped2 frames (root = `UCSDped2` or the folder holding it)."""
+  """UCSD Ped2 frames (root = `UCSDped2` or a folder above it), or the
+  `ped2/{training,testing}/frames` form with frame-label files."""
   _common.require_dir(root)
+  for base in (root, _common.find_ci(root, ("ped2",))):
+    if base and os.path.isdir(os.path.join(base, "testing", "frames")):
+      return _scan_ped2_frames(root, base, class_name)
   base = _common.find_ci(root, ("UCSDped2",)) or next(
       (hit for sub in _common.subdirs(root)
        if (hit := _common.find_ci(os.path.join(root, sub), ("UCSDped2",)))),
       root)
-  tree = "UCSDped2/{Train/TrainNNN, Test/TestNNN, Test/TestNNN_gt}"
+  tree = ("UCSDped2/{Train/TrainNNN, Test/TestNNN, Test/TestNNN_gt} or "
+          "ped2/{training,testing}/frames/NN")
   train = _common.need_ci(base, ("Train",), tree)
   test = _common.need_ci(base, ("Test",), tree)
   out = rec.ScanResult(records=[])

@@ -128,17 +128,6 @@ def scan_br35h(root: str, class_name: str = "br35h",
   return scan_yes_no(root, class_name, "br35h", split_normals)
 
 
-def _find_file(root: str, name: str, depth: int = 2) -> Optional[str]:
-  """`root/name`, else the first `name` in sub-folders up to `depth`."""
-  for here, dirs, files in os.walk(root):
-    dirs.sort()
-    if here[len(root):].count(os.sep) >= depth:
-      dirs[:] = []
-    if name in files:
-      return os.path.join(here, name)
-  return None
-
-
 def _head_ct_images(root: str) -> str:
   """The innermost `head_ct/` folder that holds images (else root)."""
   folder = root
@@ -159,7 +148,7 @@ def scan_head_ct(
       100 anomalous); default False = MoECLIP / AdaCLIP (all 200 in test).
   """
   _common.require_dir(root)
-  labels = _find_file(root, "labels.csv")
+  labels = _common.find_file(root, "labels.csv", depth=2)
   if labels is None:
     if _common.find_ci(root, ("test",)):
       return scan_bmad(root, class_name, "head_ct")
