@@ -182,3 +182,12 @@ def test_ped2_frames_form_with_frame_label_files(tmp_path, labels):
   assert [r.label for r in test] == want
   assert sum(r.split == "train" for r in scan.records) == 6
   assert not scan.expects_masks
+
+
+def test_bmad_doubled_split_level(tmp_path):
+  zoo_fakes.make_bmad(str(tmp_path / "x"))
+  os.makedirs(tmp_path / "RESC" / "Test")
+  os.rename(tmp_path / "x" / "test", tmp_path / "RESC" / "Test" / "test")
+  os.rename(tmp_path / "x" / "train", tmp_path / "RESC" / "train")
+  scan = readers.scan("retina_oct", str(tmp_path / "RESC"))
+  assert len(scan.records) == 7 and not scan.issues

@@ -48,7 +48,10 @@ def _faults(scan: rec.ScanResult, headers) -> list[dict[str, str]]:
   for r, (_, _, problem) in zip(scan.records, headers):
     if problem:
       out.append({"path": r.image_path, "problem": problem})
+  named = {i.path for i in scan.issues}
   for r in scan.records:
+    if r.image_path in named:
+      continue  # the reader already said what is wrong with it
     if r.label == rec.ANOMALOUS and r.mask_path is None and scan.expects_masks:
       out.append({"path": r.image_path, "problem": "missing mask"})
     elif r.mask_path is not None and not os.path.exists(r.mask_path):

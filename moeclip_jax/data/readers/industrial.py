@@ -122,8 +122,8 @@ def _dagm_labels(label_dir: str) -> dict[str, Optional[str]]:
   if os.path.isfile(text):
     with open(text, encoding="utf-8", errors="replace") as f:
       rows = [line.split() for line in f]
-    for row in rows[1:]:
-      if len(row) >= 3:
+    for row in rows:  # the first line is a count, not a row
+      if len(row) >= 3 and images.is_image_file(row[2]):
         out[row[2]] = row[4] if row[1] == "1" and len(row) >= 5 else None
     return out
   for path in _common.list_images(label_dir):

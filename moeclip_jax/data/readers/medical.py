@@ -73,6 +73,8 @@ def scan_bmad(
     split_dir = _common.find_ci(root, names)
     if split_dir is None or (split == "valid" and not include_valid):
       continue
+    # Some BMAD archives double the level (RESC/Test/test/...).
+    split_dir = _common.find_ci(split_dir, names) or split_dir
     for sub in _common.subdirs(split_dir):
       normal = sub.lower() in _NORMAL
       if not normal and sub.lower() not in [a.lower() for a in _ANOMALOUS]:
