@@ -153,6 +153,8 @@ def predict_paths(detector, inputs: Sequence[str], out,
   facts = detector.begin_predict(paths, class_name, entry, out)
   used, lines = set(), []
   chunk = CHUNK_BATCHES * batch_size  # bounds the images held in memory
+  if tile is not None:
+    chunk = 1  # tiled images are large: one at a time
   with common.progress(None, "predict", total=len(paths)) as bar:
     for start in range(0, len(paths), chunk):
       loaded, bad = read_images(paths[start:start + chunk])
