@@ -19,6 +19,7 @@ Anything else (unreadable, truncated, a mask of another aspect ratio) raises
 from __future__ import annotations
 
 import io
+import os
 from typing import Optional
 
 import numpy as np
@@ -129,7 +130,8 @@ def load_mask(
   """Reads a mask as uint8[H, W] in {0, 255}.
 
   Args:
-    path: mask file.
+    path: mask file, or a folder of masks merged by union (MVTec LOCO keeps
+      one mask per defect of an image in `ground_truth/<type>/<stem>/`).
     size_hw: the image's (height, width); a mask of another size but the same
       aspect ratio is resized (nearest), otherwise BadInputError.
     notes: conversion notes are appended here.
@@ -138,6 +140,8 @@ def load_mask(
     uint8[H, W].
   """
   notes = [] if notes is None else notes
+  if os.path.isdir(path):
+    return _merged_masks(path, size_hw, notes)
   arr, _ = _open_array(path)
   if arr.ndim == 3:
     arr = arr.max(axis=2)
@@ -153,6 +157,22 @@ def load_mask(
   notes.append(f"{path}: resized mask {w}x{h} to the image size {tw}x{th}")
   resized = Image.fromarray(binary).resize((tw, th), Image.Resampling.NEAREST)
   return np.asarray(resized)
+
+
+def _merged_masks(folder, size_hw, notes) -> np.ndarray:
+  """Union of every mask file in `folder`, each at the image size."""
+  names = sorted(n for n in os.listdir(folder) if is_image_file(n))
+  if not names:
+    raise BadInputError(folder, "mask folder holds no mask files")
+  merged = None
+  for name in names:
+    part = load_mask(os.path.join(folder, name), size_hw, notes)
+    if merged is not None and part.shape != merged.shape:
+      raise BadInputError(os.path.join(folder, name),
+                          f"mask size {part.shape} differs from "
+                          f"{merged.shape} of the other masks")
+    merged = part if merged is None else np.maximum(merged, part)
+  return merged
 
 
 def load_pair(

@@ -83,12 +83,16 @@ class ScanResult:
     issues: problems found while scanning (before any pixel is read).
     expects_masks: whether anomalous records of this layout must have a mask.
     notes: informational lines (e.g. items left out by a label rule).
+    image_level: False when the test split holds no normal images (e.g.
+      the colonoscopy sets): image AUROC/AP are undefined, leave them empty.
+      `expects_masks` False likewise means no pixel-level metrics.
   """
 
   records: list[Record]
   issues: list[Issue] = dataclasses.field(default_factory=list)
   expects_masks: bool = True
   notes: list[str] = dataclasses.field(default_factory=list)
+  image_level: bool = True
 
 
 def counts(records: Iterable[Record]) -> dict[str, collections.Counter]:

@@ -21,7 +21,7 @@ import numpy as np
 
 from moeclip_jax.eval import draws, reports
 from moeclip_jax.eval import evaluate as eval_lib
-from moeclip_jax.inference import overlay, runner
+from moeclip_jax.inference import overlay, runner, tiling
 from moeclip_jax.utils import images as image_utils
 from moeclip_jax.utils import io
 
@@ -42,10 +42,12 @@ def checkpoint_hash(checkpoint_dir) -> str:
 def evaluate_detector(detector, spec: runner.DatasetSpec, out,
                       protocol: str | None = None, batch_size: int = 8,
                       map_size: int | None = None,
-                      overlays_per_class: int = 4) -> dict[str, Any]:
+                      overlays_per_class: int = 4,
+                      tile: tiling.TileSpec | None = None) -> dict[str, Any]:
   """Predicts, evaluates and writes every report file; returns the report.
 
-  `detector`: what `load_detector(dir, **method_options)` returns.
+  `detector`: what `load_detector(dir, **method_options)` returns; `tile`:
+  predict each image in tiles (`tiling.eval_runs`) instead.
   """
   out = pathlib.Path(out)
   protocol = protocol or detector.default_protocol
@@ -56,15 +58,20 @@ def evaluate_detector(detector, spec: runner.DatasetSpec, out,
           "dataset": spec.name, "root": spec.root, "split": spec.split,
           **detector.run_facts()}
   runs, first = [], None
-  for pred, facts in detector.eval_runs(records, all_records, batch_size,
-                                        map_size):
+  if tile is None:
+    pairs, to_image = detector.eval_runs(
+        records, all_records, batch_size, map_size), detector.map_to_image
+  else:
+    pairs, to_image = tiling.eval_runs(
+        detector, records, tile, batch_size, map_size), overlay.resize_map
+  for pred, facts in pairs:
     runs.append((_evaluate(pred, protocol, detector.domain,
                            {**meta, **facts}), facts))
     first = first or pred
   report = _combine(runs, meta, out)
   write_all_reports(report, out)
   write_overlays(first, records, out / "overlays", overlays_per_class,
-                 detector.map_to_image)
+                 to_image)
   tensorboard_scalars(out / "tb", {f"eval/{k}": v for k, v in
                                    report["mean"].items()})
   return report

@@ -11,6 +11,7 @@ import pathlib
 import sys
 from typing import Any, Callable, Sequence
 
+from moeclip_jax.inference import tiling
 from moeclip_jax.methods import registry
 from moeclip_jax.utils import console as console_lib
 from moeclip_jax.utils import images as image_utils
@@ -113,3 +114,19 @@ def load_detector(checkpoint_dir, options: dict | None = None):
   cls = registry.detector_class(checkpoint_dir)
   cls.check_options(checkpoint_dir, options)
   return cls.load(checkpoint_dir, **options)
+
+
+def add_tile_options(parser: argparse.ArgumentParser) -> None:
+  """--tile SIZE[,OVERLAP] and --tile-score (predict, eval; inference/tiling)."""
+  parser.add_argument(
+      "--tile", default=None, metavar="SIZE[,OVERLAP]",
+      help="cut each image into SIZE px tiles sharing OVERLAP px, predict "
+           "them in batches and blend the maps (large images)")
+  parser.add_argument("--tile-score", default="max", choices=tiling.SCORES,
+                      help="image score of a tiled image (default: max "
+                           "over the tiles)")
+
+
+def tile_spec(args: argparse.Namespace) -> tiling.TileSpec | None:
+  return tiling.parse(getattr(args, "tile", None),
+                      getattr(args, "tile_score", "max"))

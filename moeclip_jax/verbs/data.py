@@ -1,7 +1,9 @@
 """`moeclip-jax data SUBCOMMAND ...` (also `python -m moeclip_jax.data`).
 
 Subcommands (the `COMMANDS` table):
-  prepare     check every input, then build a TFDS (array_record) dataset
+  prepare     check every input, then build a TFDS (array_record) dataset;
+              with --out, write the papers' preprocessed copy (SDD slices,
+              AITEX tiles, LOCO merged masks) + meta.json + full-shot.jsonl
   inspect     counts per split / class / label, mask coverage, bad inputs
   components  per-class k-means part masks from a DINOv2 backbone (the
               masks AnomalyMoE's component experts train on)
@@ -16,8 +18,15 @@ import os
 import sys
 from typing import Callable, Optional, Sequence
 
-from moeclip_jax.data import checks, components, readers
+from moeclip_jax.data import (
+    checks,
+    components,
+    inspection,
+    materialise,
+    readers,
+)
 from moeclip_jax.data import records as rec
+from moeclip_jax.utils import io
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,10 +75,24 @@ def _prepare_args(parser: argparse.ArgumentParser) -> None:
                       help="leave bad inputs out (each is printed), exit 0")
   parser.add_argument("--overwrite", action="store_true",
                       help="rebuild if the dataset already exists")
+  parser.add_argument("--out", default=None,
+                      help="write a preprocessed MVTec-style copy here (with "
+                      "meta.json, full-shot.jsonl, manifest.json) instead of "
+                      "a TFDS build; a rerun verifies the manifest")
+  parser.add_argument("--meta-only", action="store_true",
+                      help="with --out: only meta.json + full-shot.jsonl "
+                      "naming the original files")
+
+
+def _reader_options(args) -> dict:
+  """--option pairs; with prepare --out, over the layout's preset."""
+  preset = (materialise.PRESETS.get(args.name, {})
+            if getattr(args, "out", None) and not args.meta_only else {})
+  return {**preset, **_options(args.option)}
 
 
 def _scan(args) -> rec.ScanResult:
-  return readers.scan(args.name, args.root, **_options(args.option))
+  return readers.scan(args.name, args.root, **_reader_options(args))
 
 
 def _report_bad(report: checks.CheckReport, skip_bad: bool) -> None:
@@ -80,9 +103,15 @@ def _report_bad(report: checks.CheckReport, skip_bad: bool) -> None:
 
 def run_prepare(args: argparse.Namespace) -> int:
   """Checks every input, then builds (or stops with exit 1)."""
-  # Imported here so that `inspect` never loads tensorflow_datasets.
-  from moeclip_jax.data import tfds_builders  # pylint: disable=g-import-not-at-top
-  report = checks.check(_scan(args))
+  scan = _scan(args)
+  if (args.out and not args.meta_only and not args.overwrite
+      and not args.skip_bad and os.path.exists(args.out)):
+    manifest = materialise.verify(args.out, materialise.input_digest(
+        scan.records, args.name, _reader_options(args)))
+    _say(f"verified {len(manifest['files'])} files in {args.out} "
+         "(nothing redone)")
+    return 0
+  report = checks.check(scan)
   for note in report.notes:
     _say(f"NOTE {note}")
   _report_bad(report, args.skip_bad)
@@ -91,6 +120,10 @@ def run_prepare(args: argparse.Namespace) -> int:
     _say(f"{len(report.issues)} bad input(s); nothing written "
          "(fix them, or pass --skip-bad to leave them out)")
     return 1
+  if args.out:
+    return _prepare_out(args, report)
+  # Imported here so that `inspect` and `--out` never load tensorflow_datasets.
+  from moeclip_jax.data import tfds_builders  # pylint: disable=g-import-not-at-top
   tfds_builders.build(args.name, args.root, args.data_dir,
                       config_name=args.config_name,
                       reader_options=_options(args.option),
@@ -101,34 +134,36 @@ def run_prepare(args: argparse.Namespace) -> int:
   return 0
 
 
+def _prepare_out(args, report: checks.CheckReport) -> int:
+  """`prepare --out`: the preprocessed copy (or only the metadata files)."""
+  if args.meta_only:
+    for path in materialise.write_meta_only(report.kept, args.out):
+      _say(f"wrote {path}")
+  else:
+    materialise.materialise(report.kept, args.out, args.name,
+                            _reader_options(args), args.overwrite, say=_say)
+  _say(f"items in: {report.items_in}, written: {len(report.kept)}, "
+       f"skipped: {len(report.skipped)}")
+  return 0
+
+
 def _inspect_args(parser: argparse.ArgumentParser) -> None:
   _dataset_args(parser)
   parser.add_argument("--check", action="store_true",
-                      help="also decode every file and list bad inputs")
-
-
-def _print_counts(records: list[rec.Record]) -> None:
-  c = rec.counts(records)
-  for split, n in sorted(c["split"].items()):
-    normal, anomalous = c["label"][(split, 0)], c["label"][(split, 1)]
-    masked = c["mask"][(split, True)]
-    cover = f"{masked}/{anomalous}" if anomalous else "-"
-    _say(f"{split}: {n} images, {normal} normal, {anomalous} anomalous, "
-         f"masks {cover}")
-    for (s, name), k in sorted(c["class"].items()):
-      if s == split:
-        _say(f"  {name}: {k}")
+                      help="also decode every image and mask (bad files, "
+                      "mask areas, empty masks)")
+  parser.add_argument("--json", default=None, metavar="PATH",
+                      help="also write the report as JSON")
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-  scan = _scan(args)
-  _print_counts(scan.records)
-  for note in scan.notes:
-    _say(f"NOTE {note}")
-  issues = checks.check(scan).issues if args.check else scan.issues
-  for issue in issues:
-    _say(f"BAD {issue.path}: {issue.problem}")
-  return 1 if issues else 0
+  """Counts per split / class / label, sizes, modes; exit 1 on a fault."""
+  summary = inspection.summarise(_scan(args), decode=args.check)
+  for line in inspection.lines(summary):
+    _say(line)
+  if args.json:
+    io.write_json(args.json, summary)
+  return 1 if summary["faults"] else 0
 
 
 def _components_args(parser: argparse.ArgumentParser) -> None:
@@ -177,6 +212,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   args = parser.parse_args(argv)
   try:
     return COMMANDS[args.verb].run(args)
+  except materialise.PrepareError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
   except (FileNotFoundError, KeyError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

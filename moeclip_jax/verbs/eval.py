@@ -51,6 +51,7 @@ def build_parser():
   p.add_argument("--overlays", type=int, default=4,
                  help="overlays per class (half anomalous, half normal)")
   p.add_argument("--out", required=True, help="output folder")
+  common.add_tile_options(p)
   common.add_method_options(p, "eval")
   return p
 
@@ -64,7 +65,8 @@ def run(args) -> dict[str, Any]:
                             common.parse_class_names(args.class_names))
   report = evaluation.evaluate_detector(
       detector, spec, out, args.protocol, batch_size=args.batch_size,
-      map_size=args.map_size, overlays_per_class=args.overlays)
+      map_size=args.map_size, overlays_per_class=args.overlays,
+      tile=common.tile_spec(args))
   common.console().print(reports.rich_table(report))
   if "std" in report:
     _print_draws(report)

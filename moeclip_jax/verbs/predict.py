@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from moeclip_jax.inference import calibration, overlay
+from moeclip_jax.inference import calibration, overlay, tiling
 from moeclip_jax.utils import images as image_utils
 from moeclip_jax.utils import io
 from moeclip_jax.verbs import common
@@ -57,6 +57,7 @@ def build_parser():
                  help="'auto' (calibration.json) or a number")
   p.add_argument("--save-maps", action="store_true", help="write .npy maps")
   p.add_argument("--batch-size", type=int, default=8)
+  common.add_tile_options(p)
   common.add_method_options(p, "predict")
   return p
 
@@ -131,10 +132,12 @@ def _write_one(out, name, path, image, raw_map, shown, score, raw_score,
 
 def predict_paths(detector, inputs: Sequence[str], out,
                   class_name: str | None = None, threshold: str = "auto",
-                  save_maps=False, batch_size: int = 8) -> dict[str, Any]:
+                  save_maps=False, batch_size: int = 8,
+                  tile: tiling.TileSpec | None = None) -> dict[str, Any]:
   """Runs predict and writes every output; returns a summary dict.
 
-  `detector`: what `load_detector(dir, **method_options)` returns.
+  `detector`: what `load_detector(dir, **method_options)` returns; `tile`:
+  predict each image in tiles (maps then come at the image size).
   """
   out = pathlib.Path(out)
   out.mkdir(parents=True, exist_ok=True)
@@ -149,19 +152,20 @@ def predict_paths(detector, inputs: Sequence[str], out,
   facts = detector.begin_predict(paths, class_name, entry, out)
   used, lines = set(), []
   chunk = CHUNK_BATCHES * batch_size  # bounds the images held in memory
+  if tile is not None:
+    chunk = 1  # tiled images are large: one at a time
   with common.progress(None, "predict", total=len(paths)) as bar:
     for start in range(0, len(paths), chunk):
       loaded, bad = read_images(paths[start:start + chunk])
       unreadable += bad
-      raw_maps, raw_scores = detector.predict_images(
-          [im for _, im in loaded], class_name, batch_size, entry, desc=None)
-      shown, scores, map_thr = score_images(raw_maps, raw_scores, entry,
-                                            detector.score_fusion)
+      raw_maps, raw_scores, shown, scores, map_thr, to_image = _predict_chunk(
+          detector, [im for _, im in loaded], class_name, batch_size, entry,
+          tile)
       for i, (path, image) in enumerate(loaded):
         lines.append(_write_one(
             out, _unique_stem(path, used), path, image, raw_maps[i],
             shown[i], scores[i], raw_scores[i], map_thr[i], thr, source,
-            class_name, save_maps, detector.map_to_image))
+            class_name, save_maps, to_image))
       bar.update(min(chunk, len(paths) - start))
   io.write_text(out / PREDICTIONS_FILE,
                 "".join(json.dumps(line) + "\n" for line in lines))
@@ -170,6 +174,24 @@ def predict_paths(detector, inputs: Sequence[str], out,
     log.warning("predict: unreadable %s", problem)
   return {"predictions": lines, "unreadable": unreadable,
           "threshold": thr, "threshold_source": source, **facts}
+
+
+def _predict_chunk(detector, images, class_name, batch_size, entry, tile):
+  """(raw maps, raw scores, shown maps, scores, map thresholds, map ->
+  image fn) of a chunk; tiled maps are already at each image's size."""
+  if tile is None:
+    raw_maps, raw_scores = detector.predict_images(
+        images, class_name, batch_size, entry, desc=None)
+    return (raw_maps, raw_scores, *score_images(
+        raw_maps, raw_scores, entry, detector.score_fusion),
+            detector.map_to_image)
+  raw_maps, raw_scores = tiling.predict_images(
+      detector, images, class_name, tile, batch_size, entry)
+  each = [score_images(m[None], s[None], entry, detector.score_fusion)
+          for m, s in zip(raw_maps, raw_scores)]
+  return (raw_maps, raw_scores, [e[0][0] for e in each],
+          np.asarray([e[1][0] for e in each]),
+          np.asarray([e[2][0] for e in each]), overlay.resize_map)
 
 
 def _print_summary(summary: dict) -> None:
@@ -192,7 +214,7 @@ def run(args) -> dict:
   detector = common.load_detector(args.checkpoint, common.method_options(args))
   return predict_paths(detector, args.inputs, args.out, args.class_name,
                        args.threshold, save_maps=args.save_maps,
-                       batch_size=args.batch_size)
+                       batch_size=args.batch_size, tile=common.tile_spec(args))
 
 
 def main(argv=None) -> int:

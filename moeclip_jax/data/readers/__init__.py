@@ -12,7 +12,9 @@ from moeclip_jax.data import records as rec
 from moeclip_jax.data.readers import (
   elpv,
   folder,
+  industrial,
   label_from_mask,
+  medical,
   metadata,
   mvtec_like,
   visa,
@@ -33,6 +35,29 @@ READERS: dict[str, ScanFn] = {
     "inctrl_json": metadata.scan_inctrl_json,
     "folder": folder.scan_folder,
     "elpv": elpv.scan_elpv,
+    # Medical (BMAD layouts, image+mask sets, yes/no folders).
+    "bmad": medical.scan_bmad,
+    "brain_mri": medical.scan_brain_mri,
+    "liver_ct": medical.scan_liver_ct,
+    "retina_oct": medical.scan_retina_oct,
+    "head_ct": medical.scan_head_ct,
+    "br35h": medical.scan_br35h,
+    "cvc_clinicdb": medical.scan_clinicdb,
+    "cvc_colondb": medical.scan_colondb,
+    "cvc_300": medical.scan_cvc300,
+    "kvasir_seg": medical.scan_kvasir,
+    "endo": medical.scan_endo,
+    "hyperkvasir": medical.scan_hyperkvasir,
+    "isic2016": medical.scan_isic2016,
+    "tn3k": medical.scan_tn3k,
+    # Industrial and other sets as distributed.
+    "aitex": industrial.scan_aitex,
+    "dagm": industrial.scan_dagm,
+    "mvtec_loco": industrial.scan_mvtec_loco,
+    "mvtec_3d": industrial.scan_mvtec_3d,
+    "realiad": industrial.scan_realiad,
+    "mastcam": industrial.scan_mastcam,
+    "ped2": industrial.scan_ped2,
 }
 
 

@@ -16,11 +16,9 @@ An image is anomalous when its mask has any non-zero pixel.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 
 import numpy as np
-from sklearn import model_selection
 
 from moeclip_jax.data import images
 from moeclip_jax.data import records as rec
@@ -74,16 +72,6 @@ def _scan_pairs(
         path, mask, class_name, dataset, split, out.issues, slices)
 
 
-def _split_normals(records: list[rec.Record]) -> list[rec.Record]:
-  """Normals 75/25 into train/test (random_state 42); anomalies stay test."""
-  normals = [r for r in records if r.label == rec.NORMAL]
-  train, _ = model_selection.train_test_split(
-      list(range(len(normals))), test_size=0.25, random_state=42)
-  in_train = {id(normals[i]) for i in train}
-  return [dataclasses.replace(r, split="train") if id(r) in in_train else r
-          for r in records]
-
-
 def scan_ksdd(
     root: str, class_name: str = "ksdd", slices: int = 1,
     split_normals: bool = False,
@@ -109,17 +97,10 @@ def scan_ksdd(
       _scan_pairs(folder, folder, ("_label",), class_name, "ksdd", "test",
                   out, slices)
     if split_normals:
-      out.records = _split_normals(out.records)
+      out.records = _common.split_normals(out.records)
   if not out.records and not out.issues:
     out.issues.append(_common.empty_class_issue(root))
   return out
-
-
-def _find_ci(folder: str, name: str) -> str | None:
-  for sub in _common.subdirs(folder):
-    if sub.lower() == name.lower():
-      return os.path.join(folder, sub)
-  return None
 
 
 def scan_rsdd(root: str) -> rec.ScanResult:
@@ -131,8 +112,8 @@ def scan_rsdd(root: str) -> rec.ScanResult:
   out = rec.ScanResult(records=[])
   type_dirs = [root] + [os.path.join(root, s) for s in _common.subdirs(root)]
   for type_dir in type_dirs:
-    images_dir = _find_ci(type_dir, "Rail surface images")
-    gt_dir = _find_ci(type_dir, "GroundTruth")
+    images_dir = _common.find_ci(type_dir, ("Rail surface images",))
+    gt_dir = _common.find_ci(type_dir, ("GroundTruth",))
     if images_dir and gt_dir:
       name = os.path.basename(os.path.normpath(type_dir))
       _scan_pairs(images_dir, gt_dir, ("",), name, "rsdd", "test", out)
