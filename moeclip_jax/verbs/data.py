@@ -65,23 +65,45 @@ def _dataset_args(parser: argparse.ArgumentParser) -> None:
                       help="reader option, e.g. label_rule=threshold:0.5")
 
 
+# Subcommand flags: (flags, argparse keyword arguments).
+PREPARE_FLAGS = (
+    ("--data-dir", dict(default=os.environ.get(
+        "TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets")))),
+    ("--config-name", dict(default=None,
+                           help="builder config name (default: NAME)")),
+    ("--skip-bad", dict(action="store_true", help="leave bad inputs out "
+                        "(each is printed), exit 0")),
+    ("--overwrite", dict(action="store_true",
+                         help="rebuild if the dataset already exists")),
+    ("--out", dict(default=None, help="write a preprocessed MVTec-style copy "
+                   "here (with meta.json, full-shot.jsonl, manifest.json) "
+                   "instead of a TFDS build; a rerun verifies the manifest")),
+    ("--meta-only", dict(action="store_true", help="with --out: only "
+                         "meta.json + full-shot.jsonl naming the original "
+                         "files")),
+)
+COMPONENTS_FLAGS = (
+    ("--root", dict(required=True, help="dataset folder")),
+    ("--backbone", dict(required=True, help="converted DINOv2 checkpoint "
+                        "(convert hf-dinov2)")),
+    ("--out", dict(default="", help="mask output folder (default "
+                   "<root>_components)")),
+    ("--layers", dict(default="2,3,4,5,6,7,8,9", help="backbone blocks "
+                      "averaged (model target_layers)")),
+    ("--k", dict(type=int, default=5, help="clusters per class")),
+    ("--ratio", dict(type=float, default=0.01,
+                     help="coreset fraction per image")),
+)
+
+
+def _add_flags(parser: argparse.ArgumentParser, flags) -> None:
+  for flag, kwargs in flags:
+    parser.add_argument(flag, **kwargs)
+
+
 def _prepare_args(parser: argparse.ArgumentParser) -> None:
   _dataset_args(parser)
-  parser.add_argument("--data-dir", default=os.environ.get(
-      "TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets")))
-  parser.add_argument("--config-name", default=None,
-                      help="builder config name (default: NAME)")
-  parser.add_argument("--skip-bad", action="store_true",
-                      help="leave bad inputs out (each is printed), exit 0")
-  parser.add_argument("--overwrite", action="store_true",
-                      help="rebuild if the dataset already exists")
-  parser.add_argument("--out", default=None,
-                      help="write a preprocessed MVTec-style copy here (with "
-                      "meta.json, full-shot.jsonl, manifest.json) instead of "
-                      "a TFDS build; a rerun verifies the manifest")
-  parser.add_argument("--meta-only", action="store_true",
-                      help="with --out: only meta.json + full-shot.jsonl "
-                      "naming the original files")
+  _add_flags(parser, PREPARE_FLAGS)
 
 
 def _reader_options(args) -> dict:
@@ -168,16 +190,7 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 def _components_args(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("name", choices=sorted(readers.READERS))
-  parser.add_argument("--root", required=True, help="dataset folder")
-  parser.add_argument("--backbone", required=True,
-                      help="converted DINOv2 checkpoint (convert hf-dinov2)")
-  parser.add_argument("--out", default="",
-                      help="mask output folder (default <root>_components)")
-  parser.add_argument("--layers", default="2,3,4,5,6,7,8,9",
-                      help="backbone blocks averaged (model target_layers)")
-  parser.add_argument("--k", type=int, default=5, help="clusters per class")
-  parser.add_argument("--ratio", type=float, default=0.01,
-                      help="coreset fraction per image")
+  _add_flags(parser, COMPONENTS_FLAGS)
 
 
 def run_components(args: argparse.Namespace) -> int:
