@@ -304,10 +304,11 @@ class InCTRLDetector(base.DetectorBase):
 
     def fn(flat_params, pixels, prompts, text):
       variables = jax.tree.unflatten(treedef, flat_params)
-      encode = lambda x: model.apply(
-          variables, x, method=inctrl_model.InCTRL.encode_images)
-      score, aux = model.apply(variables, encode(pixels), encode(prompts),
-                               text, method=inctrl_model.InCTRL.score_features)
+      query, prompt = model.apply(  # one tower pass: queries + prompts
+          variables, pixels, prompts,
+          method=inctrl_model.InCTRL.encode_query_and_prompts)
+      score, aux = model.apply(variables, query, prompt, text,
+                               method=inctrl_model.InCTRL.score_features)
       return inctrl_model.patch_map_to_image(aux["patch_map"], s), score
 
     prompts = jax.ShapeDtypeStruct((self.shots, s, s, 3), jnp.float32)
