@@ -252,6 +252,12 @@ class InCTRLDetector(base.DetectorBase):
                                for c, ps in sets.items()}}
 
   # ---- loose images ----
+  def default_class_name(self) -> str:
+    """A single saved prompt set's class, else the generic 'object'."""
+    if len(self.source.sets) == 1 and not self.source.pool:
+      return next(iter(self.source.sets))
+    return "object"
+
   def begin_predict(self, paths, class_name, entry, out=None) -> dict:
     """Draws the prompts from --prompts and hands them to the detector."""
     del paths
@@ -304,11 +310,10 @@ class InCTRLDetector(base.DetectorBase):
 
     def fn(flat_params, pixels, prompts, text):
       variables = jax.tree.unflatten(treedef, flat_params)
-      query, prompt = model.apply(  # one tower pass: queries + prompts
-          variables, pixels, prompts,
-          method=inctrl_model.InCTRL.encode_query_and_prompts)
-      score, aux = model.apply(variables, query, prompt, text,
-                               method=inctrl_model.InCTRL.score_features)
+      encode = lambda x: model.apply(
+          variables, x, method=inctrl_model.InCTRL.encode_images)
+      score, aux = model.apply(variables, encode(pixels), encode(prompts),
+                               text, method=inctrl_model.InCTRL.score_features)
       return inctrl_model.patch_map_to_image(aux["patch_map"], s), score
 
     prompts = jax.ShapeDtypeStruct((self.shots, s, s, 3), jnp.float32)

@@ -187,9 +187,10 @@ class InCTRLMethod:
     """Frozen-tower features of queries [B, S, S, 3] and prompts
     [B, K, S, S, 3], as constants of the step."""
     towers = jax.lax.stop_gradient(towers)
-    q, p = self.module.apply(  # one tower pass over queries + prompts
-        {"params": towers}, self._pixels(query), self._pixels(prompts),
-        method=model_lib.InCTRL.encode_query_and_prompts)
+    apply = lambda x, fn: self.module.apply({"params": towers},
+                                            self._pixels(x), method=fn)
+    q = apply(query, model_lib.InCTRL.encode_images)
+    p = apply(prompts, model_lib.InCTRL.encode_prompts)
     return jax.lax.stop_gradient(q), jax.lax.stop_gradient(p)
 
   # ---- steps ----

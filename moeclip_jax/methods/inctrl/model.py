@@ -314,28 +314,9 @@ class InCTRL(nn.Module):
     Returns:
       (final_score [B], aux) as in `score_features`.
     """
-    query, prompts = self.encode_query_and_prompts(query_pixels,
-                                                   prompt_pixels)
+    query = self.encode_images(query_pixels)
+    prompts = self.encode_prompts(prompt_pixels)
     return self.score_features(query, prompts, text_features, train=train)
-
-  def encode_query_and_prompts(self, query_pixels: jax.Array,
-                               prompt_pixels: jax.Array):
-    """One tower pass over the B queries and their prompt images.
-
-    The tower treats images independently, so this equals
-    `encode_images(query_pixels)`, `encode_prompts(prompt_pixels)`; one
-    batch of B + (B *) K images makes larger GEMMs and one dispatch.
-
-    Returns:
-      (query features [B, ...], prompt features [(B,) K, ...]).
-    """
-    b = query_pixels.shape[0]
-    lead = prompt_pixels.shape[:-3]  # (K,) or (B, K)
-    flat = prompt_pixels.reshape((-1,) + prompt_pixels.shape[-3:])
-    feats = self.encode_images(jnp.concatenate([query_pixels, flat], axis=0))
-    query = {k: v[:b] for k, v in feats.items()}
-    prompts = {k: v[b:].reshape(lead + v.shape[1:]) for k, v in feats.items()}
-    return query, prompts
 
   def init_all(self, query_pixels, prompt_pixels, ids):
     """Touches every submodule (towers and heads); used by `init_variables`."""
