@@ -20,13 +20,15 @@ import time
 
 import numpy as np
 
-from moeclip_jax.data import images
-from moeclip_jax.data import pipeline
-from moeclip_jax.data import readers
+from moeclip_jax.data import (
+  images,
+  pipeline,
+  readers,
+  sources,
+  synthetic,
+  transforms,
+)
 from moeclip_jax.data import records as rec
-from moeclip_jax.data import sources
-from moeclip_jax.data import synthetic
-from moeclip_jax.data import transforms
 
 
 def _measure(source, names, workers: int, batches: int, batch_size: int):

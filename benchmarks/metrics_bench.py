@@ -31,9 +31,11 @@ from sklearn import metrics as skm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from moeclip_jax.eval import aupro  # pylint: disable=g-import-not-at-top
-from moeclip_jax.eval import metrics  # pylint: disable=g-import-not-at-top
-from moeclip_jax.eval import streaming  # pylint: disable=g-import-not-at-top
+from moeclip_jax.eval import (
+  aupro,  # pylint: disable=g-import-not-at-top
+  metrics,  # pylint: disable=g-import-not-at-top
+  streaming,  # pylint: disable=g-import-not-at-top
+)
 
 
 def make_batch(rng, n, size):

@@ -60,11 +60,12 @@ def _time(fn, reps: int) -> float:
 
 def bench(name: str, dtype: str, reps: int, train: bool = True,
           remat: str = "none") -> dict:
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+
   from moeclip_jax.methods.moeclip import method as method_lib  # pylint: disable=g-import-not-at-top
   from moeclip_jax.optim import masks, optimizers  # pylint: disable=g-import-not-at-top
-  from moeclip_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top
   from moeclip_jax.train import state as state_lib  # pylint: disable=g-import-not-at-top
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  from moeclip_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top
 
   config, batch = _config(name, dtype)
   config.backbone.remat = remat

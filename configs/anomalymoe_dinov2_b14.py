@@ -49,7 +49,10 @@ def get_config(arg=None):
   c.model.target_layers = (2, 3, 4, 5, 6, 7, 8, 9)
   c.model.train_fusion = ((0, 1, 2, 3), (4, 5, 6, 7))  # train.py
   c.model.test_fusion = ((0, 1, 2, 3, 4, 5, 6, 7),)    # test.py
-  c.model.expert_loop = "vmap"      # "scan": sequential, less memory
+  # "auto": "vmap" (expert-parallel) when the mesh has an expert axis > 1
+  # (e.g. --config.mesh_preset=expert_parallel), else "scan" (lean, fast on
+  # one host); "scan" / "vmap" force one.
+  c.model.expert_loop = "auto"
 
   c.loss = ml_collections.ConfigDict()
   c.loss.p_hm = 0.9

@@ -43,7 +43,8 @@ def _method():
   micro = model_lib.tiny_config(
       backbone=dataclasses.replace(base.backbone, depth=2),
       dims=dataclasses.replace(base.dims, decoder_depth=2),
-      target_layers=(0, 1), train_fusion=((0,), (1,)), test_fusion=((0, 1),))
+      target_layers=(0, 1), train_fusion=((0,), (1,)), test_fusion=((0, 1),),
+      expert_loop="vmap")
   method.config = micro
   method.module = model_lib.AnomalyMoE(micro)
   return method

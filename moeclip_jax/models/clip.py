@@ -35,12 +35,24 @@ BlockHook = Callable[[int, jax.Array], jax.Array]
 _ACT = ("act_batch", "act_len", "act_embed")  # block-boundary activations
 
 
+# `config.remat` -> the `jax.checkpoint` policy each residual block is
+# wrapped with (what its backward pass keeps instead of recomputing).
+REMAT_POLICIES = {
+    "blocks": None,  # save nothing inside a block: recompute it all
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "dots_with_no_batch_dims_saveable":
+        jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "everything_saveable": jax.checkpoint_policies.everything_saveable,
+}
+assert set(REMAT_POLICIES) | {"none"} == set(clip_config.REMAT)
+
+
 def _block_class(config: clip_config.CLIPConfig):
-  """ResidualBlock, wrapped in `nn.remat` when `config.remat == "blocks"`
-  (activations inside each block are recomputed in the backward pass)."""
-  if config.remat == "blocks":
-    return nn.remat(L.ResidualBlock)
-  return L.ResidualBlock
+  """ResidualBlock, wrapped in `nn.remat` with `REMAT_POLICIES[remat]`
+  unless `config.remat == "none"`."""
+  if config.remat == "none":
+    return L.ResidualBlock
+  return nn.remat(L.ResidualBlock, policy=REMAT_POLICIES[config.remat])
 
 
 def _param(module, name, shape, names, std, param_dtype):

@@ -14,7 +14,8 @@ from typing import Any
 ACTIVATIONS = ("gelu", "quick_gelu", "gelu_tanh")
 MATMUL_PRECISIONS = ("default", "high", "highest")
 DTYPES = ("float32", "bfloat16", "float16")
-REMAT = ("none", "blocks")
+REMAT = ("none", "blocks", "dots_saveable",
+         "dots_with_no_batch_dims_saveable", "everything_saveable")
 
 # Hugging Face `hidden_act` strings -> our activation names.
 HF_ACTIVATIONS = {
@@ -75,8 +76,12 @@ class CLIPConfig:
     matmul_precision: "default", "high" or "highest" for every dot product
       (parity checks on GPU/TPU need "highest").
     name: variant name it was built from (informational).
-    remat: "none" or "blocks" (recompute each residual block's activations
-      in the backward pass: less memory, ~1/3 more compute).
+    remat: rematerialisation of each residual block in the backward pass:
+      "none"; "blocks" (recompute everything inside the block: least
+      memory, ~1/3 more compute); "dots_saveable" / "dots_with_no_batch_
+      dims_saveable" (keep matmul outputs, recompute the elementwise ops);
+      "everything_saveable" (remat boundary only). Peak bytes per policy:
+      docs/performance.md (benchmarks/remat_memory.py).
   """
 
   vision: VisionConfig

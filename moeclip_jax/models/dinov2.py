@@ -33,6 +33,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from moeclip_jax.models import attention
+
 INTERPOLATION_MODES = ("hf", "official")
 
 
@@ -240,9 +242,7 @@ class Attention(nn.Module):
 
     q, k, v = proj("query"), proj("key"), proj("value")
     q = q * (head_dim**-0.5)
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k)  # [B, H, L, L]
-    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-    out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
+    out = attention.softmax_attention(q, k, v)  # [B, L, H, Dh]
     return nn.DenseGeneral(
         cfg.width,
         axis=(-2, -1),

@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from moeclip_jax.models import clip_config
+from moeclip_jax.models import attention, clip_config
 
 
 def activation_fn(name: str) -> Callable[[jax.Array], jax.Array]:
@@ -117,13 +117,8 @@ class Attention(nn.Module):
     q = self.query(x) * (head_dim**-0.5)  # [B, T, H, Dh]
     k = self.key(x)  # [B, T, H, Dh]
     v = self.value(x)  # [B, T, H, Dh]
-    prec = precision(self.config)
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, precision=prec)  # [B,H,T,T]
-    logits = logits.astype(jnp.float32)
-    if mask is not None:
-      logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    ctx = jnp.einsum("bhqk,bkhd->bqhd", weights, v, precision=prec)
+    ctx = attention.softmax_attention(
+        q, k, v, mask, precision=precision(self.config))  # [B, T, H, Dh]
     return self.out(ctx)  # [B, T, W]
 
 

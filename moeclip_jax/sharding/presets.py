@@ -7,6 +7,8 @@ Presets (each sized for 8 devices; -1 takes the rest, so they scale):
   fsdp             fsdp 8                  `embed` split over fsdp
   tensor_parallel  data 2 x tensor 4       `mlp`, `heads` over tensor
   expert_parallel  data 2 x expert 4       `exp` (MoE experts) over expert
+                                          (AnomalyMoE's expert_loop="auto"
+                                          becomes "vmap" on such a mesh)
 
 Config keys read (all optional, so older configs keep working):
   mesh_preset      one of the names above ("" = keep `config.mesh`)

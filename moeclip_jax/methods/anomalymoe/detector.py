@@ -37,6 +37,7 @@ score: mean of the top 1 % of the 256-px map.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import pathlib
@@ -113,7 +114,10 @@ class AnomalyMoEDetector(base.DetectorBase):
     if cfg.pop("method", None) != "anomalymoe":
       raise ValueError(f"{path}/config.json: not an AnomalyMoE checkpoint")
     names = cfg.pop("class_names", [])
-    config = model_lib.AnomalyMoEConfig.from_dict(cfg)
+    # Inference runs on one host: the lean sequential expert loop, whatever
+    # loop the run was trained with (same parameter layout).
+    config = dataclasses.replace(
+        model_lib.AnomalyMoEConfig.from_dict(cfg), expert_loop="scan")
     params = ckpt_params.read_params_checkpoint(path)
     comp = None
     if (path / "component_centres.npz").is_file():

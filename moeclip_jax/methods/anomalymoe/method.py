@@ -41,6 +41,7 @@ from moeclip_jax.methods.anomalymoe import (
 from moeclip_jax.methods.anomalymoe import data as data_lib
 from moeclip_jax.methods.anomalymoe import model as model_lib
 from moeclip_jax.models import dinov2
+from moeclip_jax.sharding import presets
 
 UPDATED_STATE = "updated_state"  # train.step.UPDATED_STATE (no import)
 
@@ -70,7 +71,22 @@ def model_config(config: Any) -> model_lib.AnomalyMoEConfig:
     m[key] = tuple(m[key])
   for key in ("train_fusion", "test_fusion"):
     m[key] = tuple(tuple(g) for g in m[key])
+  m["expert_loop"] = expert_loop(config)
   return model_lib.AnomalyMoEConfig(backbone=backbone, dims=dims, **m)
+
+
+def expert_loop(config: Any) -> str:
+  """`config.model.expert_loop`, with "auto" resolved from the mesh.
+
+  "auto" (the config default): "vmap" when the mesh (or its preset) has an
+  `expert` axis other than 1, so the experts shard over it; else "scan",
+  the lean single-host path (see `AnomalyMoEConfig.expert_loop`).
+  """
+  loop = config.model.get("expert_loop", "auto")
+  if loop != "auto":
+    return loop
+  expert = presets.mesh_sizes_from_config(config).get("expert", 1)
+  return "scan" if expert in (1, None) else "vmap"
 
 
 def dataclasses_replace(obj, **kw):
