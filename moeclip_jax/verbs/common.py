@@ -1,7 +1,7 @@
-"""Helpers every verb shares: log file, TensorBoard, image lists, console.
+"""Helpers every verb shares: log file, image lists, console.
 
 Log file: `<out>/<verb>.log` (INFO and above of the `moeclip_jax` logger).
-TensorBoard scalars go through tensorboardX only (never TensorFlow).
+Scalars and images go through `moeclip_jax.utils.tracking`.
 """
 
 from __future__ import annotations
@@ -57,18 +57,6 @@ def quiet_console() -> None:
     handler.setLevel(logging.WARNING)
     handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
     root.addHandler(handler)
-
-
-def tensorboard_scalars(log_dir, scalars: dict, step: int = 0) -> None:
-  """Writes finite scalars (TensorBoard event file) with tensorboardX."""
-  import tensorboardX  # pylint: disable=g-import-not-at-top
-  writer = tensorboardX.SummaryWriter(str(log_dir))
-  try:
-    for key, value in scalars.items():
-      if value is not None:
-        writer.add_scalar(key, float(value), step)
-  finally:
-    writer.close()
 
 
 def console():

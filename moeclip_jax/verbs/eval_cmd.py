@@ -4,8 +4,9 @@ Jitted, batched forward (static batch shapes; padding dropped via
 `valid`), the chosen protocol of the metrics engine (default
 `moeclip-released`: per-class min-max and MoECLIP's fusion), a per-class
 table with means, OUT/metrics.json, metrics.csv, protocol.json,
-details.json, a sample of overlays in OUT/overlays/, TensorBoard scalars
-in OUT/tb/ and a log file OUT/eval.log.
+details.json, a sample of overlays in OUT/overlays/, scalars and sample
+heatmaps for the `--loggers` (TensorBoard in OUT/tb/ by default; W&B
+offline, MLflow file store) and a log file OUT/eval.log.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from moeclip_jax.eval import protocols
 from moeclip_jax.eval import reports
 from moeclip_jax.utils import images as image_utils
 from moeclip_jax.utils import io
+from moeclip_jax.utils import tracking
 from moeclip_jax.verbs import adapters
 from moeclip_jax.verbs import common
 from moeclip_jax.verbs import draws
@@ -70,6 +72,9 @@ def build_parser():
   p.add_argument("--overlays", type=int, default=4,
                  help="overlays per class (half anomalous, half normal)")
   p.add_argument("--out", required=True, help="output folder")
+  p.add_argument("--loggers", default="tensorboard",
+                 help="comma list of tensorboard,wandb,mlflow ('' = none); "
+                      "offline: OUT/tb, OUT/wandb, file:OUT/mlruns")
   adapters.add_method_flags(p, "eval")
   return p
 
@@ -91,12 +96,13 @@ def evaluate_checkpoint(detector, spec: inference.DatasetSpec, out,
                         dataset_prompts: str | None = None,
                         map_size: int | None = None,
                         overlays_per_class: int = 4,
-                        options: adapters.Options | None = None
-                        ) -> dict[str, Any]:
+                        options: adapters.Options | None = None,
+                        loggers: str = "tensorboard") -> dict[str, Any]:
   """Predicts, evaluates and writes every report file; returns the report.
 
   `detector`: a loaded detector or its `adapters.Adapter`; `domain` and
-  `dataset_prompts` are MoECLIP's options (also accepted in `options`).
+  `dataset_prompts` are MoECLIP's options (also accepted in `options`);
+  `loggers`: tracking backends ("tensorboard,wandb,mlflow", "" for none).
   """
   out = pathlib.Path(out)
   given = {k: v for k, v in (("domain", domain),
@@ -129,8 +135,13 @@ def evaluate_checkpoint(detector, spec: inference.DatasetSpec, out,
   write_all_reports(report, out)
   write_overlays(first, records, out / "overlays", overlays_per_class,
                  adapter.map_to_image)
-  common.tensorboard_scalars(out / "tb", {f"eval/{k}": v for k, v in
-                                          report["mean"].items()})
+  loggers = tracking.make(loggers, out, config={**meta, "protocol": protocol},
+                          name=out.name)
+  try:
+    loggers.scalars({f"eval/{k}": v for k, v in report["mean"].items()}, 0)
+    tracking.log_heatmaps(loggers, first, "eval", 0)
+  finally:
+    loggers.close()
   return report
 
 
@@ -198,7 +209,8 @@ def run(args) -> dict[str, Any]:
                                common.parse_class_names(args.class_names))
   report = evaluate_checkpoint(
       adapter, spec, out, args.protocol, batch_size=args.batch_size,
-      map_size=args.map_size, overlays_per_class=args.overlays)
+      map_size=args.map_size, overlays_per_class=args.overlays,
+      loggers=args.loggers)
   common.console().print(reports.rich_table(report))
   if "std" in report:
     _print_draws(report)
