@@ -24,6 +24,8 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from moeclip_jax.utils import tree as tree_utils
+
 BACKENDS = ("tensorboard", "wandb", "mlflow")
 
 
@@ -41,18 +43,10 @@ def parse_names(names) -> tuple[str, ...]:
   return out
 
 
-def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-  """Nested config dict -> {"a.b.c": scalar or JSON string}."""
-  out = {}
-  for key, value in tree.items():
-    name = f"{prefix}{key}"
-    if isinstance(value, Mapping):
-      out.update(_flat(value, name + "."))
-    elif isinstance(value, (int, float, str, bool)) or value is None:
-      out[name] = value
-    else:
-      out[name] = json.dumps(value, default=str)
-  return out
+def _params(config: Mapping[str, Any]) -> dict[str, str]:
+  """Nested config -> {"a.b.c": str(leaf)} (tuples as a.0, a.1; None out)."""
+  return {name.replace("/", "."): str(value)
+          for name, value in tree_utils.flatten_with_names(dict(config))}
 
 
 def as_image(image) -> np.ndarray:
@@ -131,8 +125,8 @@ class MlflowLogger:
               else self.client.create_experiment(experiment))
     self.run_id = self.client.create_run(exp_id, run_name=name).info.run_id
     if config:
-      for key, value in _flat(config).items():
-        self.client.log_param(self.run_id, key[:250], str(value)[:6000])
+      for key, value in _params(config).items():
+        self.client.log_param(self.run_id, key[:250], value[:6000])
       self.client.log_dict(self.run_id, dict(config), "config.json")
 
   def scalars(self, values: Mapping[str, float], step: int) -> None:
