@@ -100,6 +100,7 @@ def test_eval_logs_means_and_heatmaps_to_mlflow(demo, tmp_path, monkeypatch):
   assert "images/eval_heatmap_0_step0.png" in images
   assert not (out / "tb").exists()
 
+
 def test_calibrate_then_predict_auto_uses_stored_threshold(
     demo, checkpoint, tmp_path):
   normal = cli_fixtures.target_root(demo) / "poly" / "train" / "good"
@@ -115,10 +116,21 @@ def test_calibrate_then_predict_auto_uses_stored_threshold(
   out = tmp_path / "pred"
   assert cli.main(["predict", *map(str, images), str(bad), "--checkpoint",
                    str(checkpoint), "--class-name", "poly", "--threshold",
-                   "auto", "--save-maps", "--out", str(out)]) == 0
+                   "auto", "--save-maps", "--save-masks", "--out",
+                   str(out)]) == 0
   rows = [json.loads(l) for l in
           (out / "predictions.jsonl").read_text().splitlines()]
   assert len(rows) == len(images)
+  marked = 0
+  for row in rows:  # mask PNG == the saved map, normalised, thresholded
+    amap = np.load(out / "maps" / (pathlib.Path(row["overlay"]).stem + ".npy"))
+    with Image.open(row["mask"]) as im:
+      mask = np.asarray(im)
+    want = calibration.normalise_maps(amap, entry) >= entry["map_threshold"]
+    assert set(np.unique(mask)) <= {0, 255}
+    np.testing.assert_array_equal(mask == 255, want)
+    marked += int(want.sum())
+  assert 0 < marked < want.size * len(rows)  # fpr 0.5: neither empty nor full
   for row in rows:
     assert row["threshold"] == entry["threshold"]
     assert row["threshold_source"] == "calibration"
