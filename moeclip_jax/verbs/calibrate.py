@@ -46,6 +46,9 @@ def build_parser():
   rule = p.add_mutually_exclusive_group()
   rule.add_argument("--fpr", type=float, default=0.01,
                     help="target false-positive rate (default 0.01)")
+  p.add_argument("--pixel-fpr", type=float, default=None,
+                 help="target normal-pixel false-positive rate of the map "
+                      "(mask) threshold (default: --fpr); normals suffice")
   rule.add_argument("--f1", action="store_true",
                     help="F1-optimal threshold (labelled data only)")
   p.add_argument("--domain", default=None,
@@ -79,7 +82,8 @@ def _from_normal(adapter, args):
       images, prompt_class, args.batch_size, extra or None, desc="calibrate")
   entry = calibration.calibrate_class(raw_maps, scores, adapter.domain,
                                       "quantile", args.fpr,
-                                      fuse=adapter.fuses_scores)
+                                      fuse=adapter.fuses_scores,
+                                      pixel_fpr=args.pixel_fpr)
   entry.update(extra, **adapter.calibration_extras(None, None))
   return {name: entry}, {"kind": "normal", "inputs": list(args.normal),
                          "skipped": problems}
@@ -102,7 +106,7 @@ def _from_dataset(adapter, args):
     classes[name] = calibration.calibrate_class(
         pred["maps"][sel], pred["image_scores"][sel], adapter.domain, rule,
         args.fpr, labels=pred["labels"][sel], masks=masks,
-        fuse=adapter.fuses_scores)
+        fuse=adapter.fuses_scores, pixel_fpr=args.pixel_fpr)
     classes[name].update(adapter.calibration_extras(pred, cid))
   return classes, {"kind": "dataset", "dataset": args.dataset,
                    "root": args.root, "split": args.split}
@@ -131,7 +135,8 @@ def calibrate_detector(detector, args) -> dict:
                            else "image_score"),
             "rule": "f1" if args.f1 else ("quantile" if args.normal
                                           else "fpr"),
-            "fpr": None if args.f1 else args.fpr, "source": source,
+            "fpr": None if args.f1 else args.fpr,
+            "pixel_fpr": args.pixel_fpr, "source": source,
             "classes": classes}
   path = calibration.save(args.checkpoint, result, merge=not args.replace)
   _print_table(classes)
