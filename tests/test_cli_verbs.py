@@ -13,8 +13,8 @@ from PIL import Image
 
 import cli_fixtures
 from moeclip_jax import cli
-from moeclip_jax.verbs import calibration
-from moeclip_jax.verbs import overlay
+from moeclip_jax.inference import calibration
+from moeclip_jax.inference import overlay
 from moeclip_jax.verbs import predict
 
 
@@ -77,7 +77,6 @@ def test_eval_writes_reports_overlays_log_and_tensorboard(demo, tmp_path):
     assert (out / name).is_file(), name
   assert len(list((out / "overlays").rglob("*.png"))) == 2
   assert list((out / "tb").glob("events.out.tfevents.*"))
-
 
 
 def test_eval_logs_means_and_heatmaps_to_mlflow(demo, tmp_path, monkeypatch):
@@ -176,7 +175,7 @@ def test_predict_with_a_user_threshold_and_no_calibration(
 
 def test_export_output_equals_live_detector(demo, tmp_path):
   import moeclip_jax
-  from moeclip_jax.verbs import export
+  from moeclip_jax.inference import export
   out = tmp_path / "exported"
   assert cli.main(["export", "--checkpoint", str(demo["detector"]),
                    "--class-names", "poly", "--out", str(out)]) == 0
