@@ -98,7 +98,7 @@ def get_config(arg=None):
   c.resume = ""
   c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1,
                                       "expert": 1})
-  c.tensorboard = True
+  c.loggers = "tensorboard"  # comma list: tensorboard,wandb,mlflow
   if arg == "tiny":
     _tiny(c)
   return c
@@ -114,4 +114,4 @@ def _tiny(c):
   c.total_steps = 50
   c.optim.warmup_steps = 5
   c.optim.lr = 1e-3
-  c.tensorboard = False
+  c.loggers = ""

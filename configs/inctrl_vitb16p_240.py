@@ -80,7 +80,7 @@ def get_config(arg=None):
   c.resume = ""                     # orbax dir to start from (workdir first)
   c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1,
                                       "expert": 1})
-  c.tensorboard = True
+  c.loggers = "tensorboard"  # comma list: tensorboard,wandb,mlflow
 
   c.eval = ml_collections.ConfigDict()
   c.eval.shots = (2, 4, 8)          # few-shot evaluation (methods/inctrl/evaluate)
@@ -104,4 +104,4 @@ def _tiny(c):
   c.log_every = 5
   c.ckpt_every = 10
   c.keep_ckpts = 3
-  c.tensorboard = False
+  c.loggers = ""

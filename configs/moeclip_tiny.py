@@ -39,5 +39,5 @@ def get_config(arg=None):
   c.eval_every = 0
   c.ckpt_every = 10
   c.eval.map_size = None
-  c.tensorboard = False
+  c.loggers = ""
   return c

@@ -85,5 +85,5 @@ def get_config(arg=None):
   c.mesh_preset = ""               # pure_dp | fsdp | tensor_parallel | expert_parallel
   c.sharding_rules = ml_collections.ConfigDict()  # logical name -> mesh axes
   c.compile_cache = ""             # persistent XLA compilation cache dir
-  c.tensorboard = True
+  c.loggers = "tensorboard"  # comma list: tensorboard,wandb,mlflow
   return c

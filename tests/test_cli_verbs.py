@@ -79,6 +79,27 @@ def test_eval_writes_reports_overlays_log_and_tensorboard(demo, tmp_path):
   assert list((out / "tb").glob("events.out.tfevents.*"))
 
 
+def test_eval_logs_means_and_heatmaps_to_mlflow(demo, tmp_path, monkeypatch):
+  pytest.importorskip("mlflow")
+  from mlflow.tracking import MlflowClient  # pylint: disable=g-import-not-at-top
+  monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+  out = tmp_path / "eval"
+  rc = cli.main(["eval", "--checkpoint", str(demo["detector"]), "--dataset",
+                 "mvtec", "--root", str(cli_fixtures.target_root(demo)),
+                 "--protocol", "raw", "--overlays", "0", "--out", str(out),
+                 "--loggers", "mlflow"])
+  assert rc == 0
+  means = json.loads((out / "metrics.json").read_text())["mean"]
+  client = MlflowClient((out / "mlruns").as_uri())
+  (run,) = client.search_runs(
+      [client.get_experiment_by_name("moeclip_jax").experiment_id])
+  assert run.data.metrics["eval/pixel_auroc"] == pytest.approx(
+      means["pixel_auroc"])
+  images = [a.path for a in client.list_artifacts(run.info.run_id, "images")]
+  assert "images/eval_heatmap_0_step0.png" in images
+  assert not (out / "tb").exists()
+
+
 def test_calibrate_then_predict_auto_uses_stored_threshold(
     demo, checkpoint, tmp_path):
   normal = cli_fixtures.target_root(demo) / "poly" / "train" / "good"
@@ -94,10 +115,21 @@ def test_calibrate_then_predict_auto_uses_stored_threshold(
   out = tmp_path / "pred"
   assert cli.main(["predict", *map(str, images), str(bad), "--checkpoint",
                    str(checkpoint), "--class-name", "poly", "--threshold",
-                   "auto", "--save-maps", "--out", str(out)]) == 0
+                   "auto", "--save-maps", "--save-masks", "--out",
+                   str(out)]) == 0
   rows = [json.loads(l) for l in
           (out / "predictions.jsonl").read_text().splitlines()]
   assert len(rows) == len(images)
+  marked = 0
+  for row in rows:  # mask PNG == the saved map, normalised, thresholded
+    amap = np.load(out / "maps" / (pathlib.Path(row["overlay"]).stem + ".npy"))
+    with Image.open(row["mask"]) as im:
+      mask = np.asarray(im)
+    want = calibration.normalise_maps(amap, entry) >= entry["map_threshold"]
+    assert set(np.unique(mask)) <= {0, 255}
+    np.testing.assert_array_equal(mask == 255, want)
+    marked += int(want.sum())
+  assert 0 < marked < want.size * len(rows)  # fpr 0.5: neither empty nor full
   for row in rows:
     assert row["threshold"] == entry["threshold"]
     assert row["threshold_source"] == "calibration"

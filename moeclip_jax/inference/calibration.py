@@ -96,17 +96,20 @@ def upper_quantile(values: np.ndarray, fpr: float) -> float:
 
 def thresholds(fused: np.ndarray, labels: np.ndarray | None,
                maps_n: np.ndarray, masks: np.ndarray | None, rule: str,
-               fpr: float) -> tuple[float, float]:
+               fpr: float, pixel_fpr: float | None = None
+               ) -> tuple[float, float]:
   """(image threshold, map threshold) of one class.
 
   rule "quantile"/"fpr": (1 - fpr) quantile of the normal images' fused
   scores (normal pixels for the map); "f1": F1-optimal on the labelled set
   (pixel F1 when masks exist, else the normal-pixel quantile).
+  `pixel_fpr` (default `fpr`): the normal-pixel rate of the map threshold.
   """
   normal = np.ones(fused.shape, bool) if labels is None else labels == 0
   if not normal.any():
     raise ValueError("calibration needs normal images (none in this class)")
-  map_thr = upper_quantile(maps_n[normal], fpr)
+  map_thr = upper_quantile(maps_n[normal],
+                           fpr if pixel_fpr is None else pixel_fpr)
   if rule != "f1":
     return upper_quantile(fused[normal], fpr), map_thr
   img = metrics_lib.binary_metrics(fused, labels, path="host")
@@ -120,14 +123,16 @@ def thresholds(fused: np.ndarray, labels: np.ndarray | None,
 
 
 def calibrate_class(raw_maps, raw_scores, fuse: Fusion | None, rule: str,
-                    fpr: float, labels=None, masks=None) -> dict[str, Any]:
+                    fpr: float, labels=None, masks=None,
+                    pixel_fpr: float | None = None) -> dict[str, Any]:
   """Statistics + thresholds of one class (see the module docstring)."""
   labels = None if labels is None else np.asarray(labels).astype(int)
   normal = slice(None) if labels is None else labels == 0
   stats = class_stats(raw_maps[normal], raw_scores[normal]) if rule != "f1" \
       else class_stats(raw_maps, raw_scores)
   maps_n, fused = fused_score(raw_maps, raw_scores, stats, fuse)
-  thr, map_thr = thresholds(fused, labels, maps_n, masks, rule, fpr)
+  thr, map_thr = thresholds(fused, labels, maps_n, masks, rule, fpr,
+                            pixel_fpr)
   return dict(stats, threshold=thr, map_threshold=map_thr,
               num_images=int(len(raw_scores)),
               num_anomalous=0 if labels is None else int(labels.sum()))

@@ -4,7 +4,9 @@
     records (runner.scan_all / scan_records) -> detector.eval_runs (one run,
     or one per InCTRL prompt draw) -> eval.evaluate per run -> draws
     aggregated (mean +- std) when the runs are prompt draws -> metrics.json
-    / csv, protocol.json, details.json, overlays, TensorBoard scalars.
+    / csv, protocol.json, details.json, overlays, scalars and sample
+    heatmaps for the `loggers` (utils/tracking.py: TensorBoard in out/tb
+    by default; W&B offline, MLflow file store).
 
 The `eval` verb and the benchmark runner both call it; nothing here names
 a method.
@@ -23,7 +25,7 @@ from moeclip_jax.eval import draws, reports
 from moeclip_jax.eval import evaluate as eval_lib
 from moeclip_jax.inference import overlay, runner, tiling
 from moeclip_jax.utils import images as image_utils
-from moeclip_jax.utils import io
+from moeclip_jax.utils import io, tracking
 
 EXTRA_KEYS = ("std", "prompt_draws")
 
@@ -43,11 +45,13 @@ def evaluate_detector(detector, spec: runner.DatasetSpec, out,
                       protocol: str | None = None, batch_size: int = 8,
                       map_size: int | None = None,
                       overlays_per_class: int = 4,
-                      tile: tiling.TileSpec | None = None) -> dict[str, Any]:
+                      tile: tiling.TileSpec | None = None,
+                      loggers: str = "tensorboard") -> dict[str, Any]:
   """Predicts, evaluates and writes every report file; returns the report.
 
   `detector`: what `load_detector(dir, **method_options)` returns; `tile`:
-  predict each image in tiles (`tiling.eval_runs`) instead.
+  predict each image in tiles (`tiling.eval_runs`) instead; `loggers`:
+  tracking backends ("tensorboard,wandb,mlflow", "" for none).
   """
   out = pathlib.Path(out)
   protocol = protocol or detector.default_protocol
@@ -72,9 +76,18 @@ def evaluate_detector(detector, spec: runner.DatasetSpec, out,
   write_all_reports(report, out)
   write_overlays(first, records, out / "overlays", overlays_per_class,
                  to_image)
-  tensorboard_scalars(out / "tb", {f"eval/{k}": v for k, v in
-                                   report["mean"].items()})
+  log_report(loggers, out, report, first, {**meta, "protocol": protocol})
   return report
+
+
+def log_report(names: str, out: pathlib.Path, report, pred, config) -> None:
+  """The report's mean scalars and sample heatmaps to the `names` loggers."""
+  loggers = tracking.make(names, out, config=config, name=out.name)
+  try:
+    loggers.scalars({f"eval/{k}": v for k, v in report["mean"].items()}, 0)
+    tracking.log_heatmaps(loggers, pred, "eval", 0)
+  finally:
+    loggers.close()
 
 
 def _combine(runs, meta, out) -> dict[str, Any]:
@@ -144,14 +157,3 @@ def write_overlays(pred, records, folder, per_class: int,
       written.append(str(path))
   return written
 
-
-def tensorboard_scalars(log_dir, scalars: dict, step: int = 0) -> None:
-  """Writes finite scalars (TensorBoard event file) with tensorboardX."""
-  import tensorboardX  # pylint: disable=g-import-not-at-top
-  writer = tensorboardX.SummaryWriter(str(log_dir))
-  try:
-    for key, value in scalars.items():
-      if value is not None:
-        writer.add_scalar(key, float(value), step)
-  finally:
-    writer.close()

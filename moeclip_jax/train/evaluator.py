@@ -14,6 +14,7 @@ from moeclip_jax.inference import runner
 from moeclip_jax.models import tokenize
 from moeclip_jax.sharding import partition
 from moeclip_jax.train import data as data_lib
+from moeclip_jax.utils import tracking
 
 log = logging.getLogger("moeclip_jax.train")
 
@@ -33,9 +34,8 @@ def evaluate_holdout(run, step: int) -> dict | None:
   means = {k: v for k, v in report["mean"].items() if v is not None}
   log.info("holdout step %d %s", step, means)
   run.history.append({"step": step, **{f"holdout/{k}": v for k, v in means.items()}})
-  if run.writer is not None:
-    for key, value in means.items():
-      run.writer.add_scalar(f"holdout/{key}", value, step)
+  run.loggers.scalars({f"holdout/{k}": v for k, v in means.items()}, step)
+  tracking.log_heatmaps(run.loggers, pred, "holdout", step)
   return report
 
 

@@ -28,7 +28,7 @@ from moeclip_jax.train import data as data_lib
 from moeclip_jax.train import evaluator
 from moeclip_jax.train import state as state_lib
 from moeclip_jax.train import step as step_lib
-from moeclip_jax.utils import io
+from moeclip_jax.utils import io, tracking
 
 log = logging.getLogger("moeclip_jax.train")
 STEP_KEYS = ("image", "mask", "label", "class_id")
@@ -52,7 +52,7 @@ class Run:
   state: Any = None
   context: Any = None
   manager: Any = None
-  writer: Any = None
+  loggers: Any = dataclasses.field(default_factory=tracking.Loggers)
   history: list = dataclasses.field(default_factory=list)
 
 
@@ -69,10 +69,17 @@ def setup(config, workdir) -> Run:
   run = Run(config=config, workdir=workdir)
   run.mesh = presets.configure(config)  # mesh, logical rules, compile cache
   log.info("mesh %s on %d devices", dict(run.mesh.shape), jax.device_count())
-  if jax.process_index() == 0 and config.get("tensorboard", True):
-    import tensorboardX  # pylint: disable=g-import-not-at-top
-    run.writer = tensorboardX.SummaryWriter(str(workdir / "tb"))
+  if jax.process_index() == 0:
+    run.loggers = tracking.make(logger_names(config), workdir,
+                                config=config.to_dict(), name=workdir.name)
   return run
+
+
+def logger_names(config) -> str:
+  """`config.loggers` ("tensorboard,wandb,mlflow"); legacy `tensorboard`."""
+  if "loggers" in config:
+    return config.loggers
+  return "tensorboard" if config.get("tensorboard", True) else ""
 
 
 # ---- model, optimizer, state -----------------------------------------------------
@@ -182,9 +189,7 @@ def _log(run: Run, step: int, scalars: dict) -> None:
   run.history.append({"step": step, **scalars})
   log.info("step %d %s", step, " ".join(f"{k}={v:.5g}" for k, v in
                                          sorted(scalars.items())))
-  if run.writer is not None:
-    for key, value in scalars.items():
-      run.writer.add_scalar(f"train/{key}", value, step)
+  run.loggers.scalars({f"train/{k}": v for k, v in scalars.items()}, step)
 
 
 def _save(run: Run, step: int, force: bool = False) -> None:
@@ -250,7 +255,6 @@ def train(config, workdir) -> Run:
   if config.eval_every and final % config.eval_every:  # else done in loop
     evaluator.evaluate_holdout(run, final)
   evaluator.export_detector(run)
-  if run.writer is not None:
-    run.writer.close()
+  run.loggers.close()
   paths.sync_up(run.workdir)
   return run

@@ -43,6 +43,9 @@ def build_parser():
   rule = p.add_mutually_exclusive_group()
   rule.add_argument("--fpr", type=float, default=0.01,
                     help="target false-positive rate (default 0.01)")
+  p.add_argument("--pixel-fpr", type=float, default=None,
+                 help="target normal-pixel false-positive rate of the map "
+                      "(mask) threshold (default: --fpr); normals suffice")
   rule.add_argument("--f1", action="store_true",
                     help="F1-optimal threshold (labelled data only)")
   p.add_argument("--batch-size", type=int, default=8)
@@ -72,7 +75,7 @@ def _from_normal(detector, args):
       images, prompt_class, args.batch_size, extra or None, desc="calibrate")
   entry = calibration.calibrate_class(raw_maps, scores,
                                       detector.score_fusion, "quantile",
-                                      args.fpr)
+                                      args.fpr, pixel_fpr=args.pixel_fpr)
   entry.update(extra, **detector.calibration_extras(None, None))
   return {name: entry}, {"kind": "normal", "inputs": list(args.normal),
                          "skipped": problems}
@@ -94,7 +97,8 @@ def _from_dataset(detector, args):
     masks = pred["masks"][sel] if pred["has_mask"][sel].any() else None
     classes[name] = calibration.calibrate_class(
         pred["maps"][sel], pred["image_scores"][sel], detector.score_fusion,
-        rule, args.fpr, labels=pred["labels"][sel], masks=masks)
+        rule, args.fpr, labels=pred["labels"][sel], masks=masks,
+        pixel_fpr=args.pixel_fpr)
     classes[name].update(detector.calibration_extras(pred, cid))
   return classes, {"kind": "dataset", "dataset": args.dataset,
                    "root": args.root, "split": args.split}
@@ -121,7 +125,8 @@ def calibrate_detector(detector, args) -> dict:
                            else f"{detector.method}_fusion"),
             "rule": "f1" if args.f1 else ("quantile" if args.normal
                                           else "fpr"),
-            "fpr": None if args.f1 else args.fpr, "source": source,
+            "fpr": None if args.f1 else args.fpr,
+            "pixel_fpr": args.pixel_fpr, "source": source,
             "classes": classes}
   path = calibration.save(args.checkpoint, result, merge=not args.replace)
   _print_table(classes)

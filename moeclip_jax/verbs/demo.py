@@ -157,7 +157,7 @@ def demo_config(backbone: pathlib.Path, source: pathlib.Path,
   c.log_every = max(1, min(25, opts.steps))
   c.ckpt_every = opts.steps
   c.eval_every = 0
-  c.tensorboard = True
+  c.loggers = "tensorboard"
   return c
 
 
@@ -170,7 +170,7 @@ def baseline_metrics(out, config, roots, opts) -> dict:
   """Zero-shot metrics of the untrained model (adapters at init, step 0)."""
   config = config.copy_and_resolve_references()
   config.total_steps, config.ckpt_every = 0, 1
-  config.tensorboard = False
+  config.loggers = ""
   detector = moeclip_jax.load_detector(train(out / "baseline", config))
   return evaluate(out / "baseline" / "eval", detector, roots, opts, 0)
 

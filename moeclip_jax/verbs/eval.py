@@ -4,8 +4,9 @@ Jitted, batched forward (static batch shapes; padding dropped via
 `valid`), the chosen protocol of the metrics engine (default
 `moeclip-released`: per-class min-max and MoECLIP's fusion), a per-class
 table with means, OUT/metrics.json, metrics.csv, protocol.json,
-details.json, a sample of overlays in OUT/overlays/, TensorBoard scalars
-in OUT/tb/ and a log file OUT/eval.log.
+details.json, a sample of overlays in OUT/overlays/, scalars and sample
+heatmaps for the `--loggers` (TensorBoard in OUT/tb/ by default; W&B
+offline, MLflow file store) and a log file OUT/eval.log.
 """
 
 from __future__ import annotations
@@ -52,6 +53,9 @@ def build_parser():
                  help="overlays per class (half anomalous, half normal)")
   p.add_argument("--out", required=True, help="output folder")
   common.add_tile_options(p)
+  p.add_argument("--loggers", default="tensorboard",
+                 help="comma list of tensorboard,wandb,mlflow ('' = none); "
+                      "offline: OUT/tb, OUT/wandb, file:OUT/mlruns")
   common.add_method_options(p, "eval")
   return p
 
@@ -66,7 +70,7 @@ def run(args) -> dict[str, Any]:
   report = evaluation.evaluate_detector(
       detector, spec, out, args.protocol, batch_size=args.batch_size,
       map_size=args.map_size, overlays_per_class=args.overlays,
-      tile=common.tile_spec(args))
+      tile=common.tile_spec(args), loggers=args.loggers)
   common.console().print(reports.rich_table(report))
   if "std" in report:
     _print_draws(report)

@@ -2,7 +2,9 @@
 
 Per readable image: OUT/overlays/<name>.png ([original | heatmap |
 thresholded contour]), optionally OUT/maps/<name>.npy (the raw map at the
-image's size), and one line of OUT/predictions.jsonl:
+image's size) and OUT/masks/<name>.png (--save-masks: 0/255, the map at the
+image's size >= the pixel threshold), and one line of OUT/predictions.jsonl
+(with "mask" when masks are saved):
   {"path", "score", "is_anomalous", "threshold", "threshold_source",
    "class_name", "raw_score", "max_map", "overlay"}
 Unreadable files go to OUT/unreadable.txt (and the log); they never stop
@@ -56,6 +58,9 @@ def build_parser():
   p.add_argument("--threshold", default="auto",
                  help="'auto' (calibration.json) or a number")
   p.add_argument("--save-maps", action="store_true", help="write .npy maps")
+  p.add_argument("--save-masks", action="store_true",
+                 help="write binary masks OUT/masks/<name>.png (255 where "
+                      "the map >= the calibrated pixel threshold)")
   p.add_argument("--batch-size", type=int, default=8)
   common.add_tile_options(p)
   common.add_method_options(p, "predict")
@@ -113,16 +118,35 @@ def score_images(raw_maps, raw_scores, entry, fuse=None):
                                                 DEFAULT_MAP_THRESHOLD)
 
 
+def binary_mask(full_raw_map, shown_full, map_thr, entry) -> np.ndarray:
+  """bool[H, W]: the map at the image's size >= the pixel threshold.
+
+  With calibration: the class-normalised raw map (the saved .npy map,
+  normalised) against the calibrated `map_threshold`; without: the
+  displayed per-image min-max map against the default level.
+  """
+  if entry is not None:
+    return calibration.normalise_maps(full_raw_map, entry) >= map_thr
+  return shown_full >= map_thr
+
+
 def _write_one(out, name, path, image, raw_map, shown, score, raw_score,
                map_thr, threshold, source, class_name, save_maps,
-               to_image=overlay.resize_map) -> dict:
+               to_image=overlay.resize_map, save_masks=False,
+               entry=None) -> dict:
   hw = image.shape[:2]
-  panel = overlay.panels(image, to_image(shown, hw), float(map_thr))
+  shown_full = to_image(shown, hw)
+  panel = overlay.panels(image, shown_full, float(map_thr))
   png = overlay.save_png(out / "overlays" / f"{name}.png", panel)
+  full = to_image(raw_map, hw) if save_maps or save_masks else None
   if save_maps:
-    full = to_image(raw_map, hw)
     np.save(out / "maps" / f"{name}.npy", full)
-  return {"path": str(path), "score": float(score),
+  extra = {}
+  if save_masks:
+    mask = binary_mask(full, shown_full, map_thr, entry)
+    extra["mask"] = str(overlay.save_png(
+        out / "masks" / f"{name}.png", mask.astype(np.uint8) * 255))
+  return {**extra, "path": str(path), "score": float(score),
           "is_anomalous": None if threshold is None
           else bool(score >= threshold),
           "threshold": threshold, "threshold_source": source,
@@ -133,7 +157,8 @@ def _write_one(out, name, path, image, raw_map, shown, score, raw_score,
 def predict_paths(detector, inputs: Sequence[str], out,
                   class_name: str | None = None, threshold: str = "auto",
                   save_maps=False, batch_size: int = 8,
-                  tile: tiling.TileSpec | None = None) -> dict[str, Any]:
+                  tile: tiling.TileSpec | None = None,
+                  save_masks: bool = False) -> dict[str, Any]:
   """Runs predict and writes every output; returns a summary dict.
 
   `detector`: what `load_detector(dir, **method_options)` returns; `tile`:
@@ -165,7 +190,7 @@ def predict_paths(detector, inputs: Sequence[str], out,
         lines.append(_write_one(
             out, _unique_stem(path, used), path, image, raw_maps[i],
             shown[i], scores[i], raw_scores[i], map_thr[i], thr, source,
-            class_name, save_maps, to_image))
+            class_name, save_maps, to_image, save_masks, entry))
       bar.update(min(chunk, len(paths) - start))
   io.write_text(out / PREDICTIONS_FILE,
                 "".join(json.dumps(line) + "\n" for line in lines))
@@ -214,7 +239,8 @@ def run(args) -> dict:
   detector = common.load_detector(args.checkpoint, common.method_options(args))
   return predict_paths(detector, args.inputs, args.out, args.class_name,
                        args.threshold, save_maps=args.save_maps,
-                       batch_size=args.batch_size, tile=common.tile_spec(args))
+                       batch_size=args.batch_size, tile=common.tile_spec(args),
+                       save_masks=args.save_masks)
 
 
 def main(argv=None) -> int:
