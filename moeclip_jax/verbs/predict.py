@@ -26,6 +26,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from moeclip_jax.inference import scoring
 from moeclip_jax.utils import images as image_utils
 from moeclip_jax.utils import io
 from moeclip_jax.verbs import adapters
@@ -35,8 +36,9 @@ from moeclip_jax.verbs import overlay
 
 log = logging.getLogger("moeclip_jax.verbs")
 PREDICTIONS_FILE = "predictions.jsonl"
-DEFAULT_MAP_THRESHOLD = 0.5  # on per-image min-max maps, uncalibrated
 CHUNK_BATCHES = 8  # images are read, predicted and written in chunks
+resolve_threshold = scoring.resolve_threshold  # one place (inference/)
+score_images = scoring.score_images
 
 EXAMPLES = """
   moeclip-jax predict photo.png --checkpoint runs/tiny/detector --out pred/
@@ -69,20 +71,6 @@ def build_parser():
   return p
 
 
-def resolve_threshold(spec: str, entry: dict | None) -> tuple[float | None,
-                                                               str]:
-  """(threshold or None, source) from --threshold and a calibration entry."""
-  if spec != "auto":
-    try:
-      return float(spec), "user"
-    except ValueError:
-      raise ValueError(f"--threshold must be 'auto' or a number, got {spec!r}"
-                       ) from None
-  if entry is None:
-    return None, "none (uncalibrated: run `moeclip-jax calibrate`)"
-  return float(entry["threshold"]), "calibration"
-
-
 def read_images(paths: Sequence[pathlib.Path]):
   """(readable [(path, uint8 image)], unreadable ["path: reason"])."""
   good, bad = [], []
@@ -103,23 +91,6 @@ def _unique_stem(path: pathlib.Path, used: set) -> str:
   return name
 
 
-def score_images(raw_maps, raw_scores, entry, domain, fuse: bool = True):
-  """(maps in [0, 1] for display [N, S, S], scores [N], map thresholds [N]).
-
-  `fuse`: MoECLIP's fused score with calibration; False keeps the
-  detector's image score (InCTRL, AnomalyMoE).
-  """
-  if entry is not None:
-    maps_n, fused = calibration.fused_score(raw_maps, raw_scores, entry,
-                                            domain, fuse)
-    shown = np.clip(maps_n, 0.0, 1.0)
-    return shown, fused, np.full(len(fused), entry["map_threshold"])
-  shown = np.stack([overlay.normalise_for_display(m) for m in raw_maps]) \
-      if len(raw_maps) else raw_maps
-  return shown, np.asarray(raw_scores), np.full(len(raw_scores),
-                                                DEFAULT_MAP_THRESHOLD)
-
-
 def _write_one(out, name, path, image, raw_map, shown, score, raw_score,
                map_thr, threshold, source, class_name, save_maps,
                to_image=overlay.resize_map) -> dict:
@@ -130,8 +101,7 @@ def _write_one(out, name, path, image, raw_map, shown, score, raw_score,
     full = to_image(raw_map, hw)
     np.save(out / "maps" / f"{name}.npy", full)
   return {"path": str(path), "score": float(score),
-          "is_anomalous": None if threshold is None
-          else bool(score >= threshold),
+          "is_anomalous": scoring.decision(score, threshold),
           "threshold": threshold, "threshold_source": source,
           "class_name": class_name, "raw_score": float(raw_score),
           "max_map": float(np.max(raw_map)), "overlay": str(png)}

@@ -1,0 +1,1 @@
+"""Method-agnostic inference runtime (scores, thresholds, overlays)."""
