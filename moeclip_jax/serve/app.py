@@ -20,6 +20,7 @@ import logging
 import pathlib
 import sys
 import time
+import urllib.parse
 
 from moeclip_jax.serve import batcher as batcher_lib
 from moeclip_jax.serve import decode
@@ -119,6 +120,9 @@ class Service:
       return fields, [(fname or f"images[{i}]", data) for i, (field, fname,
                       data) in enumerate(f for f in files
                                          if f[0] == "images")]
+    if ctype.startswith("application/x-www-form-urlencoded"):
+      fields = dict(urllib.parse.parse_qsl(body.decode("utf-8", "replace")))
+      return fields, []  # a form with no file field
     if ctype.startswith("application/json"):
       data = forms.parse_json(body)
       images = data.pop("images", None) or []

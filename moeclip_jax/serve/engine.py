@@ -145,13 +145,13 @@ class Engine:
         return b
     raise ValueError(f"{n} images > --max-batch {self.buckets[-1]}")
 
-  def run(self, images: Sequence[np.ndarray], class_name: str,
-          entry=None) -> tuple[list[Scored], int]:
+  def run(self, images: Sequence[np.ndarray], class_name: str
+          ) -> tuple[list[Scored], int]:
     """Scores <= max_batch images of one class in one padded bucket."""
     b = self.bucket_for(len(images))
     if self.prompts is not None:
       self.prompts.activate(class_name)
-    entry = self.entry(class_name) if entry is None else entry
+    entry = self.entry(class_name)
     raw_maps, raw_scores = self.adapter.predict_images(
         list(images), class_name, b, entry, desc=None)
     shown, scores, map_thr = scoring.score_images(
@@ -166,22 +166,29 @@ class Engine:
     names = (self.classes() or [OPEN_DEFAULT_CLASS])[:MAX_WARM_CLASSES]
     s = self.adapter.image_size
     for name in names:
-      entry = self.entry(name)
-      if self.needs == "statistics" and self._min_max(name) is None:
-        entry = dict(entry or {}, class_min_max=[[0.0, 1.0]] * 3)
       for b in self.buckets:
         images = [np.zeros((s, s, 3), np.uint8)] * b
-        if self.prompts is not None and not self.prompts.available(name):
-          self.prompts.install_blank()
-          self.adapter.predict_images(images, name, b, entry, desc=None)
-          continue
-        self.run(images, name, entry)
+        stand_in = self._stand_in(name)
+        if stand_in is None:
+          self.run(images, name)
+        else:  # compiles the shapes the class will use once it is ready
+          self.adapter.predict_images(images, name, b, stand_in, desc=None)
     if self.prompts is not None:
       self.prompts.install_blank()  # features of no real class stay active
     self.batches.clear()
     self.ready = True
     log.info("serve: warm-up compiled buckets %s for %d class(es)",
              self.buckets, len(names))
+
+  def _stand_in(self, class_name: str) -> dict | None:
+    """Warm-up only: a stand-in entry for a class not ready yet (blank
+    prompts installed / unit min-max), None when the class is ready."""
+    if self.needs == "prompts" and not self.prompts.available(class_name):
+      self.prompts.install_blank()
+      return self.entry(class_name) or {}
+    if self.needs == "statistics" and self._min_max(class_name) is None:
+      return {"class_min_max": [[0.0, 1.0]] * 3}
+    return None
 
   def install_prompts(self, ps, class_name: str | None) -> None:
     self.prompts.install(ps, class_name)
