@@ -33,17 +33,21 @@ def client_for(checkpoint, options=None, classes=None, **config):
     yield client
 
 
-def wait_healthy(get, timeout_s: float = 300.0) -> None:
+def wait_healthy(get, timeout_s: float = 300.0, proc=None) -> None:
+  """Polls /healthz until ok (`proc`: the server process, if any)."""
   deadline = time.monotonic() + timeout_s
   while time.monotonic() < deadline:
+    if proc is not None and proc.poll() is not None:
+      raise RuntimeError(f"server exited {proc.returncode}")
     try:
       r = get("/healthz")
-      if r.status_code == 200 and r.json() == {"status": "ok"}:
-        return
-      if r.json().get("status") == "error":
-        raise RuntimeError(f"warm-up failed: {r.json()}")
-    except OSError:
-      pass
+    except Exception:  # pylint: disable=broad-except
+      time.sleep(0.3)  # not listening yet
+      continue
+    if r.status_code == 200 and r.json() == {"status": "ok"}:
+      return
+    if r.json().get("status") == "error":
+      raise RuntimeError(f"warm-up failed: {r.json()}")
     time.sleep(0.2)
   raise TimeoutError("server never became healthy")
 
