@@ -65,6 +65,32 @@ def access_logger(log_file: str | None) -> logging.Logger:
   return logger
 
 
+class AccessLog:
+  """ASGI middleware: one line per HTTP request (method, path, status, ms).
+  """
+
+  def __init__(self, app, logger: logging.Logger):
+    self.app = app
+    self.logger = logger
+
+  async def __call__(self, scope, receive, send):
+    if scope["type"] != "http":
+      return await self.app(scope, receive, send)
+    start = time.perf_counter()
+    status = [500]
+
+    async def send_status(message):
+      if message["type"] == "http.response.start":
+        status[0] = message["status"]
+      await send(message)
+
+    try:
+      await self.app(scope, receive, send_status)
+    finally:
+      self.logger.info("%s %s %d %.1fms", scope["method"], scope["path"],
+                       status[0], (time.perf_counter() - start) * 1000.0)
+
+
 def _error_response(err: errors.ApiError):
   from fastapi.responses import JSONResponse  # pylint: disable=g-import-not-at-top
   return JSONResponse(err.body(), status_code=err.status)
@@ -175,7 +201,11 @@ class Service:
   async def predict(self, request) -> tuple[int, dict]:
     deadline = time.perf_counter() + self.config.timeout_s
     self.check_ready()
-    fields, items = await self.read_request(request)
+    self.batcher.expect()  # its images are on their way
+    try:
+      fields, items = await self.read_request(request)
+    finally:
+      self.batcher.settle()
     opts = self.options(fields)
     if not items:
       raise errors.ApiError("no_images", "no images: send one or more files "
@@ -208,12 +238,18 @@ class Service:
     async def one(name, data):
       if isinstance(data, errors.ApiError):
         raise data
-      image = await self.in_pool(decode.decode_image, data, name,
-                                 cfg.max_bytes, cfg.max_pixels)
-      scored, timings = await self.batcher.submit(image, class_name)
-      entry = await self.in_pool(self.engine.finish, scored,
-                                 image.shape[:2], threshold,
-                                 opts["return_map"], opts["map_size"])
+      self.batcher.expect()
+      try:
+        image = await self.in_pool(decode.decode_image, data, name,
+                                   cfg.max_bytes, cfg.max_pixels)
+        pending = self.batcher.submit(image, class_name)
+      finally:
+        self.batcher.settle()
+      scored, timings = await pending
+      finish = (self.engine.finish, scored, image.shape[:2], threshold,
+                opts["return_map"], opts["map_size"])
+      entry = (finish[0](*finish[1:]) if opts["return_map"] == "none"
+               else await self.in_pool(*finish))  # maps: off the loop
       entry["timings"] = timings
       return entry
 
@@ -294,17 +330,7 @@ def create_app(engine, config: ServeConfig | None = None):
                             "detector (docs/serve.md).")
   app.state.service = service
 
-  @app.middleware("http")
-  async def log_requests(request: Request, call_next):
-    start = time.perf_counter()
-    status = 500
-    try:
-      response = await call_next(request)
-      status = response.status_code
-      return response
-    finally:
-      access.info("%s %s %d %.1fms", request.method, request.url.path,
-                  status, (time.perf_counter() - start) * 1000.0)
+  app.add_middleware(AccessLog, logger=access)
 
   @app.exception_handler(errors.ApiError)
   async def api_error(request, err: errors.ApiError):

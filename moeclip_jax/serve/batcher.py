@@ -1,10 +1,13 @@
 """Dynamic batching: concurrent requests -> one jitted call per class.
 
 Each image is a job on an asyncio queue. The worker takes the first job,
-then keeps taking jobs until it holds --max-batch images or --max-wait-ms
-passed since that first job; the jobs are grouped by class (one call per
+then every queued job, until it holds --max-batch images; while it has
+room and more images are on their way (requests being read or decoded,
+counted with `expect` / `settle`) it waits for them, at most --max-wait-ms
+after the first job. With nothing on its way it runs at once, so a lone
+request pays no batching delay. The jobs are grouped by class (one call per
 class, a class's jobs keep their order) and every call runs on one compute
-thread, off the event loop. A job's future gets (Scored, timings).
+thread, off the event loop. A job's future gets (result, timings).
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import time
 from typing import Any, Callable
 
 from moeclip_jax.serve import errors
+
+POLL_S = 0.001  # re-checks of the incoming count while waiting
 
 
 @dataclasses.dataclass
@@ -44,6 +49,13 @@ class Batcher:
         1, thread_name_prefix="moeclip-compute")
     self._queue: asyncio.Queue | None = None
     self._task: asyncio.Task | None = None
+    self._incoming = 0  # images on their way (read / decoded now)
+
+  def expect(self, n: int = 1) -> None:
+    self._incoming += n
+
+  def settle(self, n: int = 1) -> None:
+    self._incoming -= n
 
   def start(self) -> None:
     self._queue = asyncio.Queue()
@@ -78,12 +90,13 @@ class Batcher:
         jobs.append(self._queue.get_nowait())
         continue
       left = deadline - time.perf_counter()
-      if left <= 0:
+      if left <= 0 or self._incoming <= 0:
         break
-      try:
-        jobs.append(await asyncio.wait_for(self._queue.get(), left))
+      try:  # short waits: `_incoming` may drop (a failed decode)
+        jobs.append(await asyncio.wait_for(self._queue.get(),
+                                           min(left, POLL_S)))
       except asyncio.TimeoutError:
-        break
+        continue
     return jobs
 
   async def _loop(self) -> None:
