@@ -47,6 +47,7 @@ def tiny_checkpoint(folder) -> tuple[pathlib.Path, pathlib.Path]:
   """(detector dir, a test image) of the reduced demo (tests' fixture)."""
   sys.path.insert(0, str(ROOT / "tests"))
   import cli_fixtures  # pylint: disable=g-import-not-at-top
+
   from moeclip_jax.verbs import demo  # pylint: disable=g-import-not-at-top
   opts = demo.DemoOptions(out=str(pathlib.Path(folder) / "demo"),
                           **cli_fixtures.REDUCED)

@@ -22,11 +22,10 @@ def client_for(checkpoint, options=None, classes=None, **config):
   from fastapi.testclient import TestClient  # pylint: disable=g-import-not-at-top
   from moeclip_jax.serve import app as app_lib  # pylint: disable=g-import-not-at-top
   from moeclip_jax.serve import engine as engine_lib  # pylint: disable=g-import-not-at-top
-  from moeclip_jax.verbs import adapters  # pylint: disable=g-import-not-at-top
   from moeclip_jax.verbs import common  # pylint: disable=g-import-not-at-top
-  adapter = common.load_adapter(checkpoint, options or adapters.Options())
+  detector = common.load_detector(checkpoint, options)
   cfg = app_lib.ServeConfig(**config)
-  engine = engine_lib.Engine(adapter, cfg.max_batch, classes)
+  engine = engine_lib.Engine(detector, cfg.max_batch, classes)
   app = app_lib.create_app(engine, cfg)
   with TestClient(app) as client:
     wait_healthy(client.get)

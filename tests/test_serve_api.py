@@ -63,7 +63,7 @@ def test_health_model_page_and_openapi(client):
 
 
 def test_good_image_scores_like_predict(client, image, tmp_path):
-  row = sf.predict_score(client.app.state.service.engine.adapter
+  row = sf.predict_score(client.app.state.service.engine.detector
                          .checkpoint_dir, image, tmp_path / "pred")
   data = image.read_bytes()
   multi = _post(client, (image.name, data), return_map="png")
@@ -194,7 +194,7 @@ def test_not_healthy_before_warm_up(demo):
   from moeclip_jax.serve import app as app_lib
   from moeclip_jax.serve import engine as engine_lib
   from moeclip_jax.verbs import common
-  engine = engine_lib.Engine(common.load_adapter(demo["detector"]), 2)
+  engine = engine_lib.Engine(common.load_detector(demo["detector"]), 2)
   bare = TestClient(app_lib.create_app(engine))  # no lifespan: no warm-up
   r = bare.get("/healthz")
   assert r.status_code == 503 and r.json()["status"] == "warming_up"
@@ -259,5 +259,9 @@ def test_inctrl_prompts_upload_then_scores_like_predict(world, tmp_path):
                 data={"class_name": "widget"})
     assert up.status_code == 200, up.text
     assert up.json()["shots"] == 2 and "widget" in up.json()["classes"]
+    got = _post(c, good, class_name="widget").json()["results"][0]
+    assert abs(got["score"] - row["score"]) <= 1e-6
+  with sf.client_for(ck, {"prompts": [str(folder)]}, max_batch=2) as c:
+    assert c.get("/v1/model").json()["not_ready"] == {}  # a --prompts pool
     got = _post(c, good, class_name="widget").json()["results"][0]
     assert abs(got["score"] - row["score"]) <= 1e-6

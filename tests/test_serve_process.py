@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -134,23 +135,49 @@ def test_page_in_chromium_upload_overlay_threshold(server, demo, tmp_path):
     driver.quit()
 
 
+def _multipart(name: str, data: bytes) -> tuple[bytes, str]:
+  boundary = "moeclipjaxtestboundary"
+  body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"images\";"
+          f" filename=\"{name}\"\r\nContent-Type: application/octet-stream"
+          f"\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+  return body, f"multipart/form-data; boundary={boundary}"
+
+
 def test_sigterm_finishes_in_flight_requests_then_exits_0(server, demo):
+  """Requests whose bodies are half sent when SIGTERM arrives still get
+  their scores; then the process exits 0."""
   url, proc, log = server
   image = cli_fixtures.target_test_images(demo)[0]
-  data = image.read_bytes()
+  body, ctype = _multipart(image.name, image.read_bytes())
+  release = threading.Event()
+
+  def slow_body():
+    yield body[:len(body) // 2]
+    release.wait(60)
+    yield body[len(body) // 2:]
 
   def post(_):
-    with httpx.Client(base_url=url, timeout=60) as client:
-      return client.post("/v1/predict", files=sf.files((image.name, data)))
+    with httpx.Client(base_url=url, timeout=120) as client:
+      return client.post("/v1/predict", content=slow_body(), headers={
+          "content-type": ctype, "content-length": str(len(body))})
 
-  with concurrent.futures.ThreadPoolExecutor(4) as pool:
-    futures = [pool.submit(post, i) for i in range(4)]
-    time.sleep(0.15)  # inside the 300 ms batching window: in flight
+  n = 4
+  with concurrent.futures.ThreadPoolExecutor(n) as pool:
+    futures = [pool.submit(post, i) for i in range(n)]
+    with httpx.Client(base_url=url, timeout=60) as client:
+      deadline = time.monotonic() + 60
+      while client.get("/v1/stats").json()["in_flight"] < n:
+        assert time.monotonic() < deadline, "requests never arrived"
+        time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
+    time.sleep(1.0)  # the server has stopped accepting by now
+    with pytest.raises(httpx.TransportError):
+      httpx.get(url + "/healthz", timeout=5)
+    release.set()
     replies = [f.result() for f in futures]
-  assert [r.status_code for r in replies] == [200] * 4
+  assert [r.status_code for r in replies] == [200] * n
   assert all("score" in r.json()["results"][0] for r in replies)
   assert proc.wait(timeout=60) == 0
   lines = [line for line in log.read_text().splitlines()
            if "POST /v1/predict" in line]
-  assert len(lines) >= 4 and all(" 200 " in line for line in lines[-4:])
+  assert len(lines) >= n and all(" 200 " in line for line in lines[-n:])

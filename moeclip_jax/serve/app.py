@@ -4,10 +4,12 @@ Routes (docs/serve.md; FastAPI's OpenAPI page at /docs):
   GET  /            the inspection page (static, in the package);
   GET  /healthz     200 {"status": "ok"} once warm-up compiled, else 503;
   GET  /v1/model    method, image size, classes, thresholds, protocol, ...;
-  GET  /v1/stats    batches run so far: {"batches": [[images, bucket, n]]};
+  GET  /v1/stats    batches run so far {"batches": [[images, bucket, n]],
+                    "in_flight": predict requests being handled};
   POST /v1/predict  multipart `images` (repeatable) + fields, or JSON with
                     base64 images -> {"results": [...]};
-  POST /v1/prompts  InCTRL: K normal images (multipart `images`, optional
+  POST /v1/prompts  few-shot detectors (`prompt_shots` in /v1/model): K
+                    normal images (multipart `images`, optional
                     `class_name`, `seed`).
 """
 
@@ -23,9 +25,7 @@ import time
 import urllib.parse
 
 from moeclip_jax.serve import batcher as batcher_lib
-from moeclip_jax.serve import decode
-from moeclip_jax.serve import errors
-from moeclip_jax.serve import forms
+from moeclip_jax.serve import decode, errors, forms
 
 STATIC = pathlib.Path(__file__).parent / "static"
 RETURN_MAPS = ("none", "png", "array")
@@ -43,8 +43,27 @@ class ServeConfig:
   max_images: int = 32
   timeout_s: float = 30.0
   log_file: str | None = None
-  prompt_seed: int = 0
   decode_threads: int = 4
+  version: str = dataclasses.field(default_factory=lambda: package_version())
+
+  def __post_init__(self):
+    for flag, value, low in (("--max-batch", self.max_batch, 1),
+                             ("--max-wait-ms", self.max_wait_ms, 0),
+                             ("--max-bytes", self.max_bytes, 1),
+                             ("--max-pixels", self.max_pixels, 1),
+                             ("--max-images", self.max_images, 1),
+                             ("--timeout-s", self.timeout_s, 0)):
+      if not value >= low:
+        raise ValueError(f"{flag} must be >= {low}, got {value}")
+
+
+def package_version() -> str:
+  """The installed moeclip_jax's version (the verb passes its own)."""
+  from importlib import metadata  # pylint: disable=g-import-not-at-top
+  try:
+    return metadata.version("moeclip_jax")
+  except metadata.PackageNotFoundError:
+    return "unknown"
 
 
 def access_logger(log_file: str | None) -> logging.Logger:
@@ -107,6 +126,7 @@ class Service:
                                        config.max_wait_ms)
     self.pool = None
     self.warm_error = None
+    self.in_flight = 0  # predict requests being handled
 
   # ---- life ----
   async def start(self) -> None:
@@ -199,6 +219,13 @@ class Service:
                             "batch sizes; retry when /healthz says ok")
 
   async def predict(self, request) -> tuple[int, dict]:
+    self.in_flight += 1
+    try:
+      return await self._predict(request)
+    finally:
+      self.in_flight -= 1
+
+  async def _predict(self, request) -> tuple[int, dict]:
     deadline = time.perf_counter() + self.config.timeout_s
     self.check_ready()
     self.batcher.expect()  # its images are on their way
@@ -271,9 +298,9 @@ class Service:
 
   async def upload_prompts(self, request) -> dict:
     self.check_ready()
-    if self.engine.prompts is None:
+    if self.engine.prompt_shots is None:
       raise errors.ApiError("bad_request", f"{self.engine.method} detectors "
-                            "take no prompt images (InCTRL only)")
+                            "take no prompt images")
     fields, items = await self.read_request(request)
     if not items:
       raise errors.ApiError("no_images", "no prompt images in `images`")
@@ -283,7 +310,8 @@ class Service:
       raise errors.ApiError("unknown_class", f"class {class_name!r} is not "
                             "served (--classes)")
     try:
-      seed = int(fields.get("seed", self.config.prompt_seed))
+      seed = fields.get("seed")
+      seed = None if seed in (None, "") else int(seed)  # None: the detector's
     except (TypeError, ValueError):
       raise errors.ApiError("bad_request", "seed must be an integer, got "
                             f"{fields.get('seed')!r}") from None
@@ -295,21 +323,18 @@ class Service:
                                        self.config.max_bytes,
                                        self.config.max_pixels))
     names = [n for n, _ in items]
-    ps = await self.in_pool(self.engine.prompts.upload, images, names,
-                            class_name, seed)
-    await self.batcher.call(self.engine.install_prompts, ps, class_name)
-    return {"class_name": class_name, "shots": ps.shots, "seed": seed,
-            "images": list(ps.paths), "classes": self.engine.classes()}
+    facts = await self.batcher.call(self.engine.add_prompts, images, names,
+                                    class_name, seed)
+    return {"class_name": class_name, "shots": facts["shots"],
+            "seed": facts["seed"],
+            "images": list(facts["paths"]), "classes": self.engine.classes()}
 
 
 def create_app(engine, config: ServeConfig | None = None):
   """The FastAPI app serving `engine` (an `engine.Engine`)."""
-  from fastapi import FastAPI  # pylint: disable=g-import-not-at-top
-  from fastapi import Request  # pylint: disable=g-import-not-at-top
-  from fastapi.responses import FileResponse  # pylint: disable=g-import-not-at-top
-  from fastapi.responses import JSONResponse  # pylint: disable=g-import-not-at-top
+  from fastapi import FastAPI, Request  # pylint: disable=g-import-not-at-top
+  from fastapi.responses import FileResponse, JSONResponse  # pylint: disable=g-import-not-at-top
   from fastapi.staticfiles import StaticFiles  # pylint: disable=g-import-not-at-top
-  import moeclip_jax  # pylint: disable=g-import-not-at-top
 
   config = config or ServeConfig()
   service = Service(engine, config)
@@ -324,7 +349,7 @@ def create_app(engine, config: ServeConfig | None = None):
     finally:
       await service.stop()
 
-  app = FastAPI(title="moeclip-jax serve", version=moeclip_jax.__version__,
+  app = FastAPI(title="moeclip-jax serve", version=config.version,
                 lifespan=lifespan,
                 description="Anomaly scores and maps of a moeclip_jax "
                             "detector (docs/serve.md).")
@@ -354,7 +379,7 @@ def create_app(engine, config: ServeConfig | None = None):
 
   @app.get("/v1/model")
   async def model():
-    return dict(engine.describe(), version=moeclip_jax.__version__,
+    return dict(engine.describe(), version=config.version,
                 ready=engine.ready, max_batch=config.max_batch,
                 max_bytes=config.max_bytes, max_pixels=config.max_pixels,
                 max_images=config.max_images)
@@ -362,7 +387,8 @@ def create_app(engine, config: ServeConfig | None = None):
   @app.get("/v1/stats")
   async def stats():
     return {"batches": [[n, b, c] for (n, b), c in
-                        sorted(engine.batches.items())]}
+                        sorted(engine.batches.items())],
+            "in_flight": service.in_flight}
 
   @app.post("/v1/predict", openapi_extra=PREDICT_OPENAPI)
   async def predict(request: Request):

@@ -18,8 +18,7 @@ from moeclip_jax.utils import images as image_utils
 def decode_image(data: bytes, name: str, max_bytes: int,
                  max_pixels: int) -> np.ndarray:
   """Checked decode of one upload (`name` is used in messages)."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  from PIL import UnidentifiedImageError  # pylint: disable=g-import-not-at-top
+  from PIL import Image, UnidentifiedImageError  # pylint: disable=g-import-not-at-top
   if not data:
     raise errors.ApiError("empty_image", f"{name}: empty file")
   if len(data) > max_bytes:

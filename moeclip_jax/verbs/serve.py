@@ -7,9 +7,10 @@ at http://HOST:PORT/ (docs/serve.md). Needs `pip install -e ".[serve]"`.
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 
-from moeclip_jax.verbs import adapters
+import moeclip_jax
 from moeclip_jax.verbs import common
 
 EXAMPLES = """
@@ -20,6 +21,9 @@ EXAMPLES = """
   curl -F images=@part.png -F class_name=bottle -F return_map=png \\
       http://127.0.0.1:8000/v1/predict
 """
+
+
+SERVE_PACKAGES = ("fastapi", "uvicorn", "python_multipart")  # the [serve] extra
 
 
 def build_parser():
@@ -47,11 +51,7 @@ def build_parser():
                  help="per-request limit (503 above; the server stays up)")
   p.add_argument("--log-file", default=None,
                  help="also append the request log here")
-  p.add_argument("--domain", default=None,
-                 help="industrial | medical (MoECLIP)")
-  p.add_argument("--dataset-prompts", default=None,
-                 help="dataset whose prompt nouns to use (MoECLIP)")
-  adapters.add_method_flags(p, "serve")
+  common.add_method_options(p, "serve")
   return p
 
 
@@ -61,10 +61,13 @@ def main(argv=None) -> int:
     from moeclip_jax.serve import app as app_lib  # pylint: disable=g-import-not-at-top
     from moeclip_jax.serve import engine as engine_lib  # pylint: disable=g-import-not-at-top
     from moeclip_jax.serve import server  # pylint: disable=g-import-not-at-top
-    import fastapi  # pylint: disable=g-import-not-at-top,unused-import
-    import uvicorn  # pylint: disable=g-import-not-at-top,unused-import
   except ImportError as err:
-    print(f"error: {err.name} is missing: pip install -e \".[serve]\"",
+    missing = err.name
+  else:
+    missing = next((m for m in SERVE_PACKAGES
+                    if importlib.util.find_spec(m) is None), None)
+  if missing:
+    print(f"error: {missing} is missing: pip install -e \".[serve]\"",
           file=sys.stderr)
     return 2
   try:
@@ -72,11 +75,11 @@ def main(argv=None) -> int:
         max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
         max_bytes=args.max_bytes, max_pixels=args.max_pixels,
         max_images=args.max_images, timeout_s=args.timeout_s,
-        log_file=args.log_file, prompt_seed=args.prompt_seed or 0)
+        log_file=args.log_file, version=moeclip_jax.__version__)
     common.quiet_console()
-    adapter = common.load_adapter(args.checkpoint,
-                                  adapters.Options.from_args(args))
-    engine = engine_lib.Engine(adapter, args.max_batch, args.classes)
+    detector = common.load_detector(args.checkpoint,
+                                    common.method_options(args))
+    engine = engine_lib.Engine(detector, args.max_batch, args.classes)
   except (ValueError, FileNotFoundError, KeyError) as err:
     print(f"error: {err}", file=sys.stderr)
     return 2

@@ -58,11 +58,12 @@ async function loadModel() {
     }
     if (keep && m.classes.includes(keep)) select.value = keep;
   }
-  $("prompts").hidden = m.needs !== "prompts";
-  if (m.prompts) {
-    $("prompt-status").textContent = `K = ${m.prompts.shots}; sets for: ` +
-        (m.prompts.classes.join(", ") || "none") +
-        (m.prompts.pool ? " (+ a pool for every class)" : "");
+  $("prompts").hidden = m.prompt_shots === null;
+  if (m.prompt_shots !== null) {
+    const missing = Object.keys(m.not_ready || {});
+    $("prompt-status").textContent = `K = ${m.prompt_shots}; ` +
+        (missing.length ? "no prompt set yet for: " + missing.join(", ")
+                        : "every served class has prompts");
   }
   classChanged();
   if (!m.ready) setTimeout(loadModel, 1000);
@@ -275,7 +276,7 @@ function toCsv(list) {
       "\n";
 }
 
-// ---- InCTRL prompts ----
+// ---- prompt images (few-shot detectors) ----
 async function uploadPrompts(files) {
   const form = new FormData();
   for (const f of files) form.append("images", f, f.name);
