@@ -22,6 +22,8 @@ VERBS = {
                 "anomaly maps, overlays and decisions for images"),
     "calibrate": ("moeclip_jax.verbs.calibrate",
                   "thresholds + per-class statistics for predict"),
+    "serve": ("moeclip_jax.verbs.serve",
+              "HTTP inference service + inspection web page (batched)"),
     "export": ("moeclip_jax.verbs.export",
                "serialized StableHLO (jax.export) of a detector"),
     "convert": ("moeclip_jax.verbs.convert",

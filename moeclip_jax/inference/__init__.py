@@ -2,7 +2,8 @@
 
   runner       jitted, sharded prediction over dataset records; image
                batches; the map back onto the original image
-  calibration  thresholds and per-class statistics (calibration.json)
+  calibration  thresholds and per-class statistics (calibration.json);
+               the score / decision each image reports (predict, serve)
   overlay      heatmap colouring and overlay panels
 
 Never imports methods/, train/ or verbs/: methods build on it.

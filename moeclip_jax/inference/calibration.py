@@ -31,11 +31,14 @@ from typing import Any, Callable
 import numpy as np
 
 from moeclip_jax.eval import metrics as metrics_lib
+from moeclip_jax.inference import overlay
 from moeclip_jax.utils import io
 
 FILE = "calibration.json"
 FORMAT = "moeclip_jax.calibration/1"
 ANY_CLASS = "*"  # entry used for classes that were not calibrated
+DEFAULT_MAP_THRESHOLD = 0.5  # on per-image min-max maps, uncalibrated
+UNCALIBRATED = "none (uncalibrated: run `moeclip-jax calibrate`)"
 
 
 def class_stats(raw_maps: np.ndarray, raw_scores: np.ndarray) -> dict:
@@ -191,3 +194,42 @@ def entry_for(calibration: dict | None, class_name: str) -> dict | None:
   if len(classes) == 1:
     return next(iter(classes.values()))
   return None
+
+
+# ---- what predict and serve report for one image ----------------------------
+def resolve_threshold(spec, entry: dict | None) -> tuple[float | None, str]:
+  """(threshold or None, source) from 'auto' / a number and an entry."""
+  if spec != "auto":
+    try:
+      return float(spec), "user"
+    except (TypeError, ValueError):
+      raise ValueError(f"--threshold must be 'auto' or a number, got {spec!r}"
+                       ) from None
+  if entry is None:
+    return None, UNCALIBRATED
+  return float(entry["threshold"]), "calibration"
+
+
+def score_images(raw_maps, raw_scores, entry: dict | None,
+                 fuse: Fusion | None = None):
+  """(maps in [0, 1] for display [N, S, S], scores [N], map thresholds [N]).
+
+  `predict` and `serve` report these, so both give the same score for the
+  same image. `entry`: the class's calibration entry (None: raw image
+  scores and per-image min-max maps). `fuse`: the detector's
+  `score_fusion` (MoECLIP's fused score with calibration); None keeps the
+  detector's image score (InCTRL, AnomalyMoE).
+  """
+  if entry is not None:
+    maps_n, fused = fused_score(raw_maps, raw_scores, entry, fuse)
+    shown = np.clip(maps_n, 0.0, 1.0)
+    return shown, fused, np.full(len(fused), entry["map_threshold"])
+  shown = np.stack([overlay.normalise_for_display(m) for m in raw_maps]) \
+      if len(raw_maps) else raw_maps
+  return shown, np.asarray(raw_scores), np.full(len(raw_scores),
+                                                DEFAULT_MAP_THRESHOLD)
+
+
+def decision(score: float, threshold: float | None) -> bool | None:
+  """Anomalous when score >= threshold (None without a threshold)."""
+  return None if threshold is None else bool(score >= threshold)

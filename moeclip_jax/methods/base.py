@@ -191,6 +191,33 @@ class Detector(Protocol):
   def export_fn(self, class_names: Sequence[str], calibration: dict | None):
     """The `inference.export.ExportSpec` that `export` lowers."""
 
+  # serving (`moeclip-jax serve`): per-class state between requests.
+  prompt_shots: int | None
+  """K normal reference images `POST /v1/prompts` takes (None: none)."""
+
+  def serving_classes(self) -> list[str] | None:
+    """Classes the checkpoint / its reference sets know; None: any class
+    can be scored (e.g. an InCTRL prompt pool)."""
+
+  def not_ready(self, class_name: str, entry: dict | None
+                ) -> tuple[str, str] | None:
+    """(stable code, message) when `class_name` cannot be scored yet (no
+    prompt set, no class statistics), None when it can."""
+
+  def select_class(self, class_name: str, entry: dict | None,
+                   warm_up: bool = False) -> dict | None:
+    """Before a batch of `class_name` (compute thread): installs the
+    class's state; returns the entry `predict_images` gets (the reply's
+    score still uses the calibration entry).
+    `warm_up`: the class may not be ready; install stand-ins that compile
+    the same shapes."""
+
+  def add_prompts(self, images: Sequence[np.ndarray], names: Sequence[str],
+                  class_name: str | None, seed: int | None) -> dict:
+    """Registers uploaded reference images (all classes when `class_name`
+    is None; `seed` of the draw, None: the detector's); returns facts of
+    the drawn set (at least "shots", "seed", "paths")."""
+
 
 class DetectorBase:
   """Defaults shared by the detectors (each overrides what differs)."""
@@ -256,6 +283,24 @@ class DetectorBase:
     """Normalised float32[B, S, S, 3] -> {"anomaly_map" [B, S, S],
     "image_score" [B]} (model size)."""
     raise NotImplementedError
+
+  # ---- serving: no per-class state by default ----
+  prompt_shots = None
+
+  def serving_classes(self) -> list[str] | None:
+    return list(getattr(self, "class_names", None) or ())
+
+  def not_ready(self, class_name, entry):
+    del class_name, entry
+    return None
+
+  def select_class(self, class_name, entry, warm_up=False):
+    del class_name, warm_up
+    return entry
+
+  def add_prompts(self, images, names, class_name, seed) -> dict:
+    del images, names, class_name, seed
+    raise ValueError(f"{self.method} detectors take no prompt images")
 
 
 def dataclass_from_config(cls, cfg: Any):

@@ -22,15 +22,28 @@ def load_rgb(path):
   try:
     with Image.open(path) as im:
       im.load()
-      if im.mode in ("I;16", "I;16B", "I"):
-        arr = np.asarray(im, np.float64)
-        scale = 255.0 / max(float(arr.max()), 1.0)
-        im = Image.fromarray((arr * scale).astype(np.uint8))
-      return np.asarray(im.convert("RGB"))
+      return to_rgb(im)
   except FileNotFoundError as e:
     raise FileNotFoundError(f"{path}: no such image") from e
   except (UnidentifiedImageError, OSError, SyntaxError) as e:
     raise ValueError(f"{path}: unreadable image ({e})") from e
+
+
+# PIL modes `to_rgb` converts (16/32-bit greyscale scaled to the image max).
+RGB_MODES = frozenset({"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa",
+                       "RGBX", "CMYK", "YCbCr", "LAB", "HSV", "I", "I;16",
+                       "I;16B", "I;16L"})
+_WIDE_GREY = ("I;16", "I;16B", "I;16L", "I")
+
+
+def to_rgb(im) -> np.ndarray:
+  """A loaded PIL image -> RGB uint8 [H, W, 3] (wide greyscale rescaled)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  if im.mode in _WIDE_GREY:
+    arr = np.asarray(im, np.float64)
+    scale = 255.0 / max(float(arr.max()), 1.0)
+    im = Image.fromarray((arr * scale).astype(np.uint8))
+  return np.asarray(im.convert("RGB"))
 
 
 def normalize(uint8_images: np.ndarray, mean=CLIP_MEAN, std=CLIP_STD) -> np.ndarray:

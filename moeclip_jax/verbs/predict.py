@@ -33,8 +33,10 @@ from moeclip_jax.verbs import common
 
 log = logging.getLogger("moeclip_jax.verbs")
 PREDICTIONS_FILE = "predictions.jsonl"
-DEFAULT_MAP_THRESHOLD = 0.5  # on per-image min-max maps, uncalibrated
 CHUNK_BATCHES = 8  # images are read, predicted and written in chunks
+# What an image reports: one place for predict and serve (inference/).
+resolve_threshold = calibration.resolve_threshold
+score_images = calibration.score_images
 
 EXAMPLES = """
   moeclip-jax predict photo.png --checkpoint runs/tiny/detector --out pred/
@@ -67,20 +69,6 @@ def build_parser():
   return p
 
 
-def resolve_threshold(spec: str, entry: dict | None) -> tuple[float | None,
-                                                               str]:
-  """(threshold or None, source) from --threshold and a calibration entry."""
-  if spec != "auto":
-    try:
-      return float(spec), "user"
-    except ValueError:
-      raise ValueError(f"--threshold must be 'auto' or a number, got {spec!r}"
-                       ) from None
-  if entry is None:
-    return None, "none (uncalibrated: run `moeclip-jax calibrate`)"
-  return float(entry["threshold"]), "calibration"
-
-
 def read_images(paths: Sequence[pathlib.Path]):
   """(readable [(path, uint8 image)], unreadable ["path: reason"])."""
   good, bad = [], []
@@ -99,23 +87,6 @@ def _unique_stem(path: pathlib.Path, used: set) -> str:
     name, k = f"{stem}_{k}", k + 1
   used.add(name)
   return name
-
-
-def score_images(raw_maps, raw_scores, entry, fuse=None):
-  """(maps in [0, 1] for display [N, S, S], scores [N], map thresholds [N]).
-
-  `fuse`: the detector's `score_fusion` (MoECLIP's fused score with
-  calibration); None keeps the detector's image score (InCTRL, AnomalyMoE).
-  """
-  if entry is not None:
-    maps_n, fused = calibration.fused_score(raw_maps, raw_scores, entry,
-                                            fuse)
-    shown = np.clip(maps_n, 0.0, 1.0)
-    return shown, fused, np.full(len(fused), entry["map_threshold"])
-  shown = np.stack([overlay.normalise_for_display(m) for m in raw_maps]) \
-      if len(raw_maps) else raw_maps
-  return shown, np.asarray(raw_scores), np.full(len(raw_scores),
-                                                DEFAULT_MAP_THRESHOLD)
 
 
 def binary_mask(full_raw_map, shown_full, map_thr, entry) -> np.ndarray:
@@ -147,8 +118,7 @@ def _write_one(out, name, path, image, raw_map, shown, score, raw_score,
     extra["mask"] = str(overlay.save_png(
         out / "masks" / f"{name}.png", mask.astype(np.uint8) * 255))
   return {**extra, "path": str(path), "score": float(score),
-          "is_anomalous": None if threshold is None
-          else bool(score >= threshold),
+          "is_anomalous": calibration.decision(score, threshold),
           "threshold": threshold, "threshold_source": source,
           "class_name": class_name, "raw_score": float(raw_score),
           "max_map": float(np.max(raw_map)), "overlay": str(png)}

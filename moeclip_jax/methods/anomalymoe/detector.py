@@ -333,6 +333,20 @@ class AnomalyMoEDetector(base.DetectorBase):
     out = self.predict(pixels, class_name, class_min_max=mm)
     return {"anomaly_map": out.anomaly_map, "image_score": out.image_score}
 
+  # ---- serving: a class needs its map statistics ----
+  def not_ready(self, class_name, entry):
+    if self._entry_min_max(class_name, entry) is not None:
+      return None
+    return ("class_statistics_missing", f"class {class_name!r}: no "
+            "AnomalyMoE class statistics in calibration.json or the "
+            "checkpoint (run `moeclip-jax calibrate --normal DIR "
+            f"--class-name {class_name}` on normal images first)")
+
+  def select_class(self, class_name, entry, warm_up=False):
+    if warm_up and self._entry_min_max(class_name, entry) is None:
+      return dict(entry or {}, class_min_max=[[0.0, 1.0]] * 3)  # stand-in
+    return entry
+
   def calibration_entry(self, images, class_name, batch_size=8) -> dict:
     """calibrate --normal: statistics of the given normal images."""
     self._run_min_max = self.run_min_max(images, class_name, batch_size)

@@ -111,6 +111,7 @@ class InCTRLDetector(base.DetectorBase):
       raise ValueError("--prompt-draws > 1 with saved prompt sets only: a "
                        "saved set is one fixed draw")
     self.prompt_set = None  # the loose-image path's set (begin_predict)
+    self._store = None  # serve: every class's prompts (`prompt_store`)
 
   @classmethod
   def cli_options(cls) -> Sequence[base.Option]:
@@ -288,6 +289,47 @@ class InCTRLDetector(base.DetectorBase):
     del entry
     out = self.predict(pixels, class_name)
     return {"anomaly_map": out.anomaly_map, "image_score": out.image_score}
+
+  # ---- serving: one prompt set per class, uploaded or from --prompts ----
+  @property
+  def prompt_shots(self) -> int:
+    return self.shots
+
+  @property
+  def prompt_store(self) -> prompt_sets.PromptStore:
+    if self._store is None:
+      self._store = prompt_sets.PromptStore(
+          self.source, self.shots,
+          lambda images: self.encode(self._normalise(images)))
+    return self._store
+
+  def serving_classes(self):
+    store = self.prompt_store
+    return None if store.has_pool() else store.classes()
+
+  def not_ready(self, class_name, entry):
+    del entry
+    if self.prompt_store.available(class_name):
+      return None
+    return ("prompts_missing", f"class {class_name!r}: no InCTRL prompt "
+            "set; start the server with --prompts or POST K normal images "
+            "to /v1/prompts")
+
+  def select_class(self, class_name, entry, warm_up=False):
+    store = self.prompt_store
+    if warm_up and not store.available(class_name):
+      ps, feats = store.blank(self.image_size)
+    else:
+      ps, feats = store.get(class_name)
+    self.prompt_features, self.prompt_set = feats, ps
+    return entry
+
+  def add_prompts(self, images, names, class_name, seed) -> dict:
+    seed = self.seed if seed is None else seed  # --prompt-seed
+    ps = self.prompt_store.upload(images, names, class_name, seed)
+    if class_name:
+      self.prompt_store.get(class_name)  # encodes now, not at a request
+    return prompt_sets.describe(ps)
 
   def calibration_extras(self, pred, cid):
     if pred is not None and "prompt_sets" in pred:

@@ -123,3 +123,79 @@ def describe(ps: fewshot.PromptSet) -> dict:
   return {"class_name": ps.class_name, "seed": ps.seed, "shots": ps.shots,
           "indices": [int(i) for i in ps.indices], "paths": list(ps.paths),
           "fingerprint": fingerprint(ps.images)}
+
+
+class PromptStore:
+  """Every class's encoded prompt set, for a long-lived detector (serve).
+
+  Sources, first match wins: an uploaded set of the class, a saved `.npz`
+  set of the class (`--prompts`), an uploaded pool (no class name: every
+  class), the `--prompts` image pool. A pool is drawn as `predict` draws it
+  (K images, seed), so scores equal `predict --prompts`'s.
+
+  Args:
+    source: the detector's `PromptSource` (`--prompts`).
+    shots: K.
+    encode: uint8 prompt images at the model size [K, S, S, 3] -> features.
+  """
+
+  _POOL = ("pool",)  # key of the --prompts pool's draw (same for all)
+
+  def __init__(self, source: PromptSource, shots: int, encode):
+    self.source, self.shots, self.encode = source, shots, encode
+    self.uploaded: dict[str | None, fewshot.PromptSet] = {}  # None: pool
+    self._features: dict = {}  # key -> (set, features)
+
+  def classes(self) -> list[str]:
+    """Classes with their own set (uploaded or saved)."""
+    return sorted(set(self.source.sets) | {c for c in self.uploaded if c})
+
+  def has_pool(self) -> bool:
+    return bool(self.source.pool) or None in self.uploaded
+
+  def available(self, class_name: str) -> bool:
+    return (class_name in self.uploaded or class_name in self.source.sets
+            or self.has_pool())
+
+  def _key_and_set(self, class_name: str):
+    if class_name in self.uploaded:
+      return class_name, lambda: self.uploaded[class_name]
+    if class_name in self.source.sets:
+      return ("saved", class_name), lambda: self.source.draw(class_name, 0)
+    if None in self.uploaded:
+      return None, lambda: self.uploaded[None]
+    if self.source.pool:
+      return self._POOL, lambda: self.source.draw(class_name, 0)
+    raise KeyError(class_name)
+
+  def get(self, class_name: str) -> tuple[fewshot.PromptSet, dict]:
+    """(set, encoded features) of the class (encoded once); KeyError when
+    it has none."""
+    key, make = self._key_and_set(class_name)
+    if key not in self._features:
+      ps = make()
+      self._features[key] = (ps, self.encode(ps.images))
+    return self._features[key]
+
+  def upload(self, images: Sequence[np.ndarray], names: Sequence[str],
+             class_name: str | None, seed: int) -> fewshot.PromptSet:
+    """Draws K of the uploaded uint8 images (predict's draw) as the class's
+    set (every class's when `class_name` is None)."""
+    if len(images) < self.shots:
+      raise ValueError(f"{len(images)} prompt image(s) uploaded; this "
+                       f"detector uses K = {self.shots} (--shots)")
+    idx = fewshot.draw_prompt_indices(len(images), self.shots, seed)
+    ps = fewshot.PromptSet(class_name or "*", seed, idx,
+                           self.source._resized([images[i] for i in idx]),  # pylint: disable=protected-access
+                           tuple(f"upload:{names[i]}" for i in idx))
+    self.uploaded[class_name] = ps
+    self._features.pop(class_name, None)
+    return ps
+
+  def blank(self, size: int) -> tuple[fewshot.PromptSet, dict]:
+    """K black images (compiles the scoring shapes before any upload)."""
+    if "blank" not in self._features:
+      ps = fewshot.PromptSet("*", 0, np.arange(self.shots),
+                             np.zeros((self.shots, size, size, 3), np.uint8))
+      self._features["blank"] = (ps, self.encode(ps.images))
+    return self._features["blank"]
