@@ -13,6 +13,7 @@ from moeclip_jax.convert import (
   inctrl_official,
   moeclip_official,
 )
+from moeclip_jax.utils import console
 
 # Explicit registry: every converter module exposes `register(subparsers)`.
 CONVERTERS = (clip_cli, moeclip_official, inctrl_official, hf_dinov2,
@@ -35,8 +36,7 @@ def main(argv=None) -> int:
     out = args.func(args)
   except (common.ConversionError, FileNotFoundError, FileExistsError,
           ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+    return console.fail(e)
   print(f"wrote {out}")
   return 0
 

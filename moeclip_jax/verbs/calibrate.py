@@ -152,6 +152,5 @@ def main(argv=None) -> int:
   try:
     run(args)
   except (ValueError, FileNotFoundError, KeyError) as err:
-    print(f"error: {err}", file=sys.stderr)
-    return 2
+    return common.fail(err)
   return 0

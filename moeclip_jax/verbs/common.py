@@ -17,17 +17,22 @@ from moeclip_jax.utils import images as image_utils
 log = logging.getLogger("moeclip_jax.verbs")
 console = console_lib.console
 progress = console_lib.progress
+fail = console_lib.fail
+stage = console_lib.stage
 list_images = image_utils.list_images
 
 
 
 def parser(prog: str, description: str, examples: str
            ) -> argparse.ArgumentParser:
-  """An argparse parser whose --help ends with the verb's examples."""
-  return argparse.ArgumentParser(
+  """An argparse parser whose --help ends with the verb's examples (with
+  `--debug`: errors also print their traceback)."""
+  p = argparse.ArgumentParser(
       prog=prog, description=description,
       epilog="examples:\n" + examples.strip("\n"),
       formatter_class=argparse.RawDescriptionHelpFormatter)
+  console_lib.add_debug_flag(p)
+  return p
 
 
 def add_log_file(out_dir, verb: str) -> pathlib.Path:

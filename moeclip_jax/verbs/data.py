@@ -13,11 +13,11 @@ import argparse
 import dataclasses
 import json
 import os
-import sys
 from typing import Callable, Optional, Sequence
 
 from moeclip_jax.data import checks, components, readers
 from moeclip_jax.data import records as rec
+from moeclip_jax.utils import console
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,5 +178,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   try:
     return COMMANDS[args.verb].run(args)
   except (FileNotFoundError, KeyError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+    return console.fail(e)

@@ -27,7 +27,6 @@ import os
 import pathlib
 import runpy
 import shutil
-import sys
 import time
 
 import numpy as np
@@ -345,8 +344,7 @@ def main(argv=None) -> int:
   try:
     result = run(opts)
   except (ValueError, FileNotFoundError, FileExistsError) as err:
-    print(f"error: {err}", file=sys.stderr)
-    return 2
+    return common.fail(err)
   common.console().print(reports.rich_table(result["metrics"],
                                             "zero-shot on the held-out class"))
   print(f"demo done in {result['times']['calibrate + predict']:.0f} s: "

@@ -21,8 +21,8 @@ import tqdm
 
 from moeclip_jax.checkpoint import backbones
 from moeclip_jax.models import tokenize
+from moeclip_jax.utils import console, io
 from moeclip_jax.utils import images as image_utils
-from moeclip_jax.utils import io
 
 
 def parse_layers(text: str | None) -> tuple[int, ...]:
@@ -121,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
                  help="0-based text blocks written as text_hidden_<i>")
   p.add_argument("--batch-size", type=int, default=8)
   p.add_argument("--out", required=True, help="output .npz")
+  console.add_debug_flag(p)
   return p
 
 
@@ -146,8 +147,7 @@ def main(argv=None) -> int:
                           method=module.encode_text,
                           prefix=("text_embeds", "text_")))
   except (FileNotFoundError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+    return console.fail(e)
   io.write_npz(args.out, **result)
   print(f"wrote {args.out}: " + ", ".join(
       f"{k} {tuple(v.shape)}" for k, v in sorted(result.items())))

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import pathlib
-import sys
 from typing import Any
 
 from moeclip_jax.eval import protocols, reports
@@ -87,6 +86,5 @@ def main(argv=None) -> int:
   try:
     run(args)
   except (ValueError, FileNotFoundError, KeyError) as err:
-    print(f"error: {err}", file=sys.stderr)
-    return 2
+    return common.fail(err)
   return 0

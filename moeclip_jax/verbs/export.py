@@ -21,7 +21,6 @@ time (`set_prompts`).
 from __future__ import annotations
 
 import logging
-import sys
 
 from moeclip_jax.inference import calibration
 from moeclip_jax.inference import export as export_lib
@@ -72,7 +71,6 @@ def main(argv=None) -> int:
                             common.parse_class_names(args.class_names),
                             args.platforms)
   except (ValueError, FileNotFoundError, KeyError) as err:
-    print(f"error: {err}", file=sys.stderr)
-    return 2
+    return common.fail(err)
   print(f"wrote {out} (predict.stablehlo, params.npz, export.json, ...)")
   return 0

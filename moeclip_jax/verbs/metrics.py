@@ -20,6 +20,7 @@ import numpy as np
 
 from moeclip_jax.eval import evaluate as evaluate_lib
 from moeclip_jax.eval import protocols, reports, streaming
+from moeclip_jax.utils import console as console_lib
 
 PRED_KEYS = ("image_scores", "image_labels", "anomaly_maps", "masks",
              "class_names")
@@ -101,8 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   "predictions_sha256": _sha256(args.pred),
                   "seed": args.seed, "checkpoint_hash": args.checkpoint_hash})
   except (ValueError, streaming.StreamingToleranceError) as err:
-    print(f"error: {args.pred}: {err}", file=sys.stderr)
-    return 2
+    return console_lib.fail(err)
   paths = reports.write_reports(report, args.out)
   if not args.quiet:
     from rich.console import Console  # pylint: disable=g-import-not-at-top

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import pathlib
-import sys
 from typing import Any, Sequence
 
 import numpy as np
@@ -209,8 +208,7 @@ def main(argv=None) -> int:
                             args.threshold, save_maps=args.save_maps,
                             batch_size=args.batch_size)
   except (ValueError, FileNotFoundError, KeyError) as err:
-    print(f"error: {err}", file=sys.stderr)
-    return 2
+    return common.fail(err)
   _print_summary(summary)
   print(f"wrote {len(summary['predictions'])} predictions to "
         f"{pathlib.Path(args.out) / PREDICTIONS_FILE}")
