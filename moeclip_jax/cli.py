@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from moeclip_jax.utils import console
+
 # verb -> (module exposing main(argv), one-line help).
 VERBS = {
     "demo": ("moeclip_jax.verbs.demo",
@@ -50,7 +52,8 @@ def run_verb(verb: str, argv) -> int:
 
 
 def main(argv=None) -> int:
-  argv = list(sys.argv[1:] if argv is None else argv)
+  argv = console.pop_debug_flag(
+      list(sys.argv[1:] if argv is None else argv))
   if not argv or argv[0] in ("-h", "--help"):
     print(usage())
     return 0

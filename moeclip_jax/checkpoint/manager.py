@@ -12,6 +12,7 @@ from typing import Any
 
 import orbax.checkpoint as ocp
 
+from moeclip_jax.checkpoint import params as ckpt_params
 from moeclip_jax.checkpoint import paths
 
 
@@ -40,10 +41,16 @@ def restore(manager: ocp.CheckpointManager, abstract_item: Any,
   step = manager.latest_step() if step is None else step
   if step is None:
     return None
-  out = manager.restore(
-      step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_item),
-          meta=ocp.args.JsonRestore()))
+  try:
+    out = manager.restore(
+        step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_item),
+            meta=ocp.args.JsonRestore()))
+  except (KeyboardInterrupt, SystemExit):
+    raise
+  except Exception as err:  # pylint: disable=broad-except
+    raise ckpt_params.damaged_error(manager.directory / str(step), err
+                                    ) from err
   return out.state, out.meta
 
 

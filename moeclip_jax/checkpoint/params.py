@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import pathlib
+import re
 import shutil
 import tempfile
 from typing import Any, Mapping
@@ -151,16 +152,43 @@ def _first_line(err: BaseException) -> str:
   return text.splitlines()[0][:300]
 
 
+def _chain(err: BaseException) -> list[BaseException]:
+  """`err` and its causes / contexts, outermost first."""
+  seen = []
+  while err is not None and err not in seen:
+    seen.append(err)
+    err = err.__cause__ or err.__context__
+  return seen
+
+
+# Where orbax / tensorstore messages name the parameter: the OCDBT key
+# ("params.txt.token_embedding.embedding/0.0"), the kvstore path, or a
+# params/<name> file.
+_PARAM_PATTERNS = (
+    r"reading \"(?:params\.)?([\w.\-]+?)/[\d.]*\"",
+    r"'path': '(?:params\.)?([\w.\-]+?)/?'",
+    r"params/([\w.\-]+?)(?:/|\"|'|\s|$)",
+    r"'([\w]+(?:\.[\w]+)+)'",
+)
+
+
 def _param_name(err: BaseException) -> str | None:
-  """The parameter an orbax/tensorstore error is about, when it says."""
-  import re  # pylint: disable=g-import-not-at-top
-  text = str(err)
-  for pattern in (r"params/([\w./-]+?)(?:/|\"|'|\s|$)",
-                  r"'([\w]+(?:\.[\w]+)+)'"):
-    found = re.search(pattern, text)
-    if found:
-      return found.group(1)
+  """The parameter an orbax/tensorstore error (or its causes) is about."""
+  texts = [str(e) for e in _chain(err)]
+  for pattern in _PARAM_PATTERNS:
+    for text in texts:
+      found = re.search(pattern, text)
+      if found:
+        return found.group(1)
   return None
+
+
+def _cause(err: BaseException) -> str:
+  """The innermost error's first line, without tensorstore's boilerplate
+  (`Error reading "<key>" in OCDBT database at local file "...": `)."""
+  text = _first_line(_chain(err)[-1])
+  return re.sub(r'Error reading "[^"]*" in OCDBT database at [^:]*: ', "",
+                text)
 
 
 def read_params_checkpoint(path, abstract=None):
@@ -189,14 +217,15 @@ def read_params_checkpoint(path, abstract=None):
       raise CheckpointError(
           f"{folder}: checkpoint does not match the model config: "
           f"{_first_line(err)}") from err
-    raise _damaged(folder, err) from err
+    raise damaged_error(folder, err) from err
   except Exception as err:  # pylint: disable=broad-except
-    raise _damaged(folder, err) from err
+    raise damaged_error(folder, err) from err
 
 
-def _damaged(folder: pathlib.Path, err: BaseException) -> CheckpointError:
+def damaged_error(folder, err: BaseException) -> CheckpointError:
+  """`<folder>: checkpoint is damaged or incomplete (<param>: <cause>)`."""
   name = _param_name(err)
-  cause = _first_line(err)
+  cause = _cause(err)
   where = f"{name}: {cause}" if name else cause
   return CheckpointError(
       f"{folder}: checkpoint is damaged or incomplete ({where})")

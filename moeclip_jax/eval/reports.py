@@ -113,11 +113,64 @@ def write_reports(report: Mapping[str, Any], out_dir: str) -> dict[str, str]:
   return paths
 
 
-def rich_table(report: Mapping[str, Any], title: str | None = None):
-  """A rich Table of per-class values (x100, 2 decimals) and the mean."""
-  from rich.table import Table  # pylint: disable=g-import-not-at-top
-  keys = [k for k in protocols.ALL_METRICS
+def _shown_metrics(report: Mapping[str, Any]) -> list[str]:
+  return [k for k in protocols.ALL_METRICS
           if k in report["protocol"].get("metrics", protocols.ALL_METRICS)]
+
+
+def _why_undefined(counts: Mapping[str, Any], level: str) -> str:
+  """Why a class's image / pixel metrics are undefined, from its counts."""
+  if level == "image":
+    if not counts.get("anomalous"):
+      return "no anomalous image"
+    if not counts.get("normal"):
+      return "no normal image"
+    return "undefined scores"
+  if not counts.get("pixels"):
+    return "no maps or masks"
+  if not counts.get("defect_pixels"):
+    return "no defect pixel"
+  if counts.get("defect_pixels") == counts.get("pixels"):
+    return "only defect pixels"
+  return "undefined maps"
+
+
+def table_notes(report: Mapping[str, Any]) -> list[str]:
+  """One-line notes for the table: classes whose values the protocol
+  substitutes (the official one-label rule) and why cells are `-`."""
+  notes = []
+  keys = _shown_metrics(report)
+  proto = report["protocol"]
+  flagged = (report.get("details") or {}).get("flagged") or {}
+  flagged = {k: v for k, v in flagged.items() if k in keys and v}
+  if flagged:
+    classes = sorted({c for names in flagged.values() for c in names})
+    values = proto.get("one_class_values") or {}
+    subs = ", ".join(f"{k.replace('_', ' ')} {100 * float(values.get(k, 0)):.2f}"
+                     for k in keys if k in flagged)
+    notes.append(f"note: {', '.join(classes)}: one label only, so {subs} "
+                 f"are the official rule's stand-ins, not measured "
+                 f"({proto['name']}; --protocol raw leaves them undefined)")
+  per_class_counts = (report.get("counts") or {}).get("per_class") or {}
+  reasons = {}
+  for name, vals in report["per_class"].items():
+    for level in ("image", "pixel"):
+      if any(vals.get(k) is None for k in keys if k.startswith(level)):
+        why = _why_undefined(per_class_counts.get(name, {}), level)
+        reasons.setdefault(name, []).append(f"{why} ({level})")
+  if reasons:
+    notes.append("note: '-' = undefined, excluded from the means (" + "; ".join(
+        f"{name}: {', '.join(r)}" for name, r in reasons.items()) + ")")
+  return notes
+
+
+def rich_table(report: Mapping[str, Any], title: str | None = None):
+  """A rich Table of per-class values (x100, 2 decimals) and the mean,
+  followed by `table_notes` (one line each)."""
+  from rich.console import Group  # pylint: disable=g-import-not-at-top
+  from rich.table import Table  # pylint: disable=g-import-not-at-top
+  from rich.text import Text  # pylint: disable=g-import-not-at-top
+  keys = _shown_metrics(report)
   table = Table(title=title or f"protocol: {report['protocol']['name']}")
   table.add_column("class")
   for key in keys:
@@ -127,4 +180,5 @@ def rich_table(report: Mapping[str, Any], title: str | None = None):
     table.add_row(name, *[fmt(vals[k]) for k in keys])
   table.add_section()
   table.add_row("mean", *[fmt(report["mean"][k]) for k in keys])
-  return table
+  notes = table_notes(report)
+  return Group(table, *[Text(n) for n in notes]) if notes else table

@@ -182,18 +182,25 @@ def check_method(calibration: dict | None, method: str, checkpoint_dir):
                      "--replace)")
 
 
-def entry_for(calibration: dict | None, class_name: str) -> dict | None:
-  """The class's entry, else the ANY_CLASS entry, else the only entry."""
+def entry_class(calibration: dict | None, class_name: str) -> str | None:
+  """The calibrated class `entry_for` uses: the class itself, else the
+  ANY_CLASS entry, else the only entry (None: no entry applies)."""
   if not calibration:
     return None
   classes = calibration["classes"]
   if class_name in classes:
-    return classes[class_name]
+    return class_name
   if ANY_CLASS in classes:
-    return classes[ANY_CLASS]
+    return ANY_CLASS
   if len(classes) == 1:
-    return next(iter(classes.values()))
+    return next(iter(classes))
   return None
+
+
+def entry_for(calibration: dict | None, class_name: str) -> dict | None:
+  """The class's entry, else the ANY_CLASS entry, else the only entry."""
+  key = entry_class(calibration, class_name)
+  return None if key is None else calibration["classes"][key]
 
 
 # ---- what predict and serve report for one image ----------------------------

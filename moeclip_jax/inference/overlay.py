@@ -18,6 +18,7 @@ _COLOURS = np.array([[0, 0, 128], [0, 128, 255], [0, 255, 0],
                      [255, 200, 0], [255, 0, 0]], np.float32)
 CONTOUR_RGB = np.array([255, 0, 0], np.uint8)
 SEPARATOR = 4  # pixels of white between panels
+DEFAULT_MAX_SIDE = 1024  # longest side of an overlay PNG (predict)
 
 
 def colormap(values: np.ndarray) -> np.ndarray:
@@ -78,6 +79,20 @@ def panels(image: np.ndarray, amap01: np.ndarray,
   sep = np.full((h, SEPARATOR, 3), 255, np.uint8)
   return np.concatenate([image, sep, heat_panel(image, amap), sep,
                          contour_panel(image, amap >= threshold)], axis=1)
+
+
+def fit_image(image: np.ndarray, max_side: int | None) -> np.ndarray:
+  """`image` shrunk (aspect kept) so that its `panels` overlay is at most
+  `max_side` pixels on its longest side; unchanged when it already fits or
+  `max_side` is None."""
+  if not max_side:
+    return image
+  h, w = image.shape[:2]
+  scale = min(1.0, max_side / h, (max_side - 2 * SEPARATOR) / (3 * w))
+  if scale >= 1.0:
+    return image
+  size = (max(1, int(w * scale)), max(1, int(h * scale)))
+  return np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
 
 
 def save_png(path, array: np.ndarray) -> pathlib.Path:

@@ -21,6 +21,8 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from moeclip_jax.utils import console
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "experiment config file (configs/*.py)", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "output folder (logs, ckpts)")
@@ -47,14 +49,19 @@ def _main(argv):
   if _CONFIG.value is None or _WORKDIR.value is None:
     raise app.UsageError("--config and --workdir are required")
   maybe_initialize_distributed(_DISTRIBUTED.value)
+  from moeclip_jax.checkpoint import params as ckpt_params  # pylint: disable=g-import-not-at-top
   from moeclip_jax.train import loop  # pylint: disable=g-import-not-at-top
-  run = loop.train(_CONFIG.value, _WORKDIR.value)
+  try:
+    run = loop.train(_CONFIG.value, _WORKDIR.value)
+  except (ckpt_params.CheckpointError, FileNotFoundError) as err:
+    return console.fail(err)
   last = run.history[-1] if run.history else {}
   print(f"done: step {int(run.state.step)} {last}")
 
 
 def main(argv=None) -> int:
-  argv = list(sys.argv[1:] if argv is None else argv)
+  argv = console.pop_debug_flag(
+      list(sys.argv[1:] if argv is None else argv))
   if any(a in ("-h", "--help") for a in argv):
     print(__doc__)
   app.run(_main, argv=["moeclip_jax.train"] + argv)

@@ -25,7 +25,20 @@ def load_rgb(path):
       return to_rgb(im)
   except FileNotFoundError as e:
     raise FileNotFoundError(f"{path}: no such image") from e
-  except (UnidentifiedImageError, OSError, SyntaxError) as e:
+  except (UnidentifiedImageError, OSError, SyntaxError,
+          Image.DecompressionBombError) as e:
+    raise ValueError(f"{path}: unreadable image ({e})") from e
+
+
+def image_pixels(path) -> int:
+  """Width x height of an image file, read from its header only."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  try:
+    with Image.open(path) as im:
+      return int(im.size[0]) * int(im.size[1])
+  except FileNotFoundError as e:
+    raise FileNotFoundError(f"{path}: no such image") from e
+  except Exception as e:  # pylint: disable=broad-except
     raise ValueError(f"{path}: unreadable image ({e})") from e
 
 

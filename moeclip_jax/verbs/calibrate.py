@@ -135,18 +135,35 @@ def calibrate_detector(detector, args) -> dict:
   return result
 
 
-def _print_table(classes: dict) -> None:
+def calibration_table(classes: dict):
+  """The per-class calibration table; numbers are never cut (a narrow
+  terminal folds the class names instead)."""
+  from rich import box  # pylint: disable=g-import-not-at-top
   from rich.table import Table  # pylint: disable=g-import-not-at-top
-  table = Table(title="calibration")
-  for col in ("class", "images", "anomalous", "threshold", "map threshold",
+  table = Table(title="calibration", box=box.SIMPLE_HEAD, padding=(0, 1))
+  longest = max((len(name) for name in classes), default=5)
+  table.add_column("class", overflow="fold", min_width=min(longest, 16))
+  for col in ("images", "anom.", "threshold", "map thr",
               "score min..max", "map min..max"):
-    table.add_column(col, justify="left" if col == "class" else "right")
+    table.add_column(col, justify="right", no_wrap=True)
   for name, e in classes.items():
     table.add_row(name, str(e["num_images"]), str(e["num_anomalous"]),
                   f"{e['threshold']:.4g}", f"{e['map_threshold']:.4g}",
                   f"{e['score_min']:.3g}..{e['score_max']:.3g}",
                   f"{e['map_min']:.3g}..{e['map_max']:.3g}")
-  common.console().print(table)
+  return table
+
+
+def _print_table(classes: dict, console=None) -> None:
+  """Prints the table whole: on a terminal narrower than the table the
+  lines wrap instead of losing digits."""
+  console = console or common.console()
+  table = calibration_table(classes)
+  need = console.measure(
+      table, options=console.options.update(max_width=1000)).minimum
+  if need > console.width:
+    console.width = need
+  console.print(table)
 
 
 def main(argv=None) -> int:

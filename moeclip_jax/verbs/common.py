@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import logging
 import pathlib
-import sys
 from typing import Any, Callable, Sequence
 
 from moeclip_jax.inference import tiling
@@ -19,6 +18,8 @@ from moeclip_jax.utils import images as image_utils
 log = logging.getLogger("moeclip_jax.verbs")
 console = console_lib.console
 progress = console_lib.progress
+fail = console_lib.fail
+stage = console_lib.stage
 list_images = image_utils.list_images
 
 # What a user's input can raise: one line `error: ...`, exit code 2.
@@ -30,18 +31,20 @@ def guarded(fn: Callable[..., Any], *args, **kwargs) -> tuple[Any, int]:
   try:
     return fn(*args, **kwargs), 0
   except USER_ERRORS as err:
-    print(f"error: {err}", file=sys.stderr)
-    return None, 2
+    return None, fail(err)
 
 
 
 def parser(prog: str, description: str, examples: str
            ) -> argparse.ArgumentParser:
-  """An argparse parser whose --help ends with the verb's examples."""
-  return argparse.ArgumentParser(
+  """An argparse parser whose --help ends with the verb's examples (with
+  `--debug`: errors also print their traceback)."""
+  p = argparse.ArgumentParser(
       prog=prog, description=description,
       epilog="examples:\n" + examples.strip("\n"),
       formatter_class=argparse.RawDescriptionHelpFormatter)
+  console_lib.add_debug_flag(p)
+  return p
 
 
 def add_log_file(out_dir, verb: str) -> pathlib.Path:

@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from moeclip_jax.convert import common, registry
+from moeclip_jax.utils import console
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,8 +29,7 @@ def main(argv=None) -> int:
     out = args.func(args)
   except (common.ConversionError, FileNotFoundError, FileExistsError,
           ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+    return console.fail(e)
   print(f"wrote {out}")
   return 0
 

@@ -15,18 +15,17 @@ import argparse
 import dataclasses
 import json
 import os
-import sys
 from typing import Callable, Optional, Sequence
 
 from moeclip_jax.data import (
-    checks,
-    components,
-    inspection,
-    materialise,
-    readers,
+  checks,
+  components,
+  inspection,
+  materialise,
+  readers,
 )
 from moeclip_jax.data import records as rec
-from moeclip_jax.utils import io
+from moeclip_jax.utils import console, io
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,8 +225,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   try:
     return COMMANDS[args.verb].run(args)
   except materialise.PrepareError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+    return console.fail(e, 1)
   except (FileNotFoundError, KeyError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+    return console.fail(e)

@@ -8,6 +8,16 @@ Writes `image_embeds` [N, D] and `text_embeds` [M, D] (projected, not
 normalised) for what was given, and `hidden_<i>` [N, tokens, width] = the
 output of image block i (0-based) for each layer of `--layers` (text block
 outputs, for `--text-layers`, as `text_hidden_<i>` [M, L, width]).
+
+A DINOv2 checkpoint (`convert hf-dinov2`) has an image tower only: it
+writes `hidden_<i>` [N, 1 + R + P, D] (the raw stream after block i, as
+transformers' `hidden_states[i + 1]`), split by token kind into
+`hidden_<i>_cls` [N, D], `hidden_<i>_registers` [N, R, D] and
+`hidden_<i>_patches` [N, P, D] (row-major gh x gw grid, `patch_grid` =
+[gh, gw]); `last_hidden_state` (after the final norm, with the same three
+splits) and `image_embeds` = its CLS token (transformers' pooler output).
+Any size that is a multiple of the patch works (the positional table is
+interpolated; `--image-size` for --images, default the native size).
 """
 
 from __future__ import annotations
@@ -20,9 +30,11 @@ import numpy as np
 import tqdm
 
 from moeclip_jax.checkpoint import backbones
+from moeclip_jax.checkpoint import params as ckpt_params
+from moeclip_jax.data import transforms
 from moeclip_jax.models import tokenize
+from moeclip_jax.utils import console, io
 from moeclip_jax.utils import images as image_utils
-from moeclip_jax.utils import io
 
 
 def parse_layers(text: str | None) -> tuple[int, ...]:
@@ -104,8 +116,68 @@ def _load_ids(args, config, tokenizer) -> np.ndarray | None:
   return None
 
 
+# ---- DINOv2 (image tower only) -------------------------------------------
+def _dinov2_pixels(args, config) -> np.ndarray:
+  p = config.patch_size
+  if args.pixels:
+    x = np.load(args.pixels)
+    if (x.ndim != 4 or x.shape[-1] != 3 or x.dtype != np.float32
+        or x.shape[1] % p or x.shape[2] % p):
+      raise ValueError(
+          f"{args.pixels}: expected float32 [N, H, W, 3] ImageNet-normalised "
+          f"NHWC pixels with H, W multiples of the patch {p}, got {x.dtype} "
+          f"{x.shape}")
+    return x
+  size = args.image_size or config.pos_grid * p
+  if size % p:
+    raise ValueError(f"--image-size {size} is not a multiple of the patch "
+                     f"{p}")
+  prep = transforms.Preprocess("dinov2", size, mean=transforms.IMAGENET_MEAN,
+                               std=transforms.IMAGENET_STD)
+  return np.stack([
+      transforms.normalize(
+          transforms.resize_image(image_utils.load_rgb(path), prep), prep)
+      for path in tqdm.tqdm(args.images, desc="loading", disable=None)
+  ]).astype(np.float32)
+
+
+def split_tokens(name: str, tokens: np.ndarray, num_registers: int) -> dict:
+  """{name_cls [N, D], name_registers [N, R, D], name_patches [N, P, D]}."""
+  r = num_registers
+  return {f"{name}_cls": tokens[:, 0], f"{name}_registers": tokens[:, 1:1 + r],
+          f"{name}_patches": tokens[:, 1 + r:]}
+
+
+def embed_dinov2(args) -> dict:
+  """Hidden states of a converted DINOv2 checkpoint (see the module doc)."""
+  if args.texts or args.input_ids:
+    raise ValueError(f"{args.checkpoint}: a DINOv2 checkpoint has no text "
+                     "tower, so --texts / --input-ids cannot be embedded "
+                     "(use a CLIP checkpoint)")
+  if not (args.images or args.pixels):
+    raise ValueError("a DINOv2 checkpoint needs --images or --pixels")
+  module, params, config = backbones.load_dinov2(args.checkpoint)
+  layers = parse_layers(args.layers)
+  pixels = _dinov2_pixels(args, config)
+
+  @jax.jit
+  def fn(x):
+    last, aux = module.apply({"params": params}, x, layers=layers)
+    res = {"image_embeds": last[:, 0], "last_hidden_state": last}
+    res.update({f"hidden_{i}": h for i, h in aux["hidden"].items()})
+    return res
+
+  result = run_batched(fn, pixels, args.batch_size, "images")
+  for name in [k for k in result if k != "image_embeds"]:
+    result.update(split_tokens(name, result[name], config.num_registers))
+  p = config.patch_size
+  result["patch_grid"] = np.array([pixels.shape[1] // p,
+                                   pixels.shape[2] // p], np.int32)
+  return result
+
+
 def build_parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="python -m moeclip_jax.embed",
+  p = argparse.ArgumentParser(prog="moeclip-jax embed",
                               description=__doc__.split("\n\n")[0],
                               epilog=__doc__.split("\n\n")[1],
                               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -119,8 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--layers", default="", help="0-based blocks, e.g. 5,11,17,23")
   p.add_argument("--text-layers", default="",
                  help="0-based text blocks written as text_hidden_<i>")
+  p.add_argument("--image-size", type=int, default=None,
+                 help="DINOv2: --images resized to this (a multiple of the "
+                      "patch; default the native size)")
   p.add_argument("--batch-size", type=int, default=8)
   p.add_argument("--out", required=True, help="output .npz")
+  console.add_debug_flag(p)
   return p
 
 
@@ -131,6 +207,12 @@ def main(argv=None) -> int:
           file=sys.stderr)
     return 2
   try:
+    if backbones.is_dinov2(ckpt_params.read_config(args.checkpoint)):
+      result = embed_dinov2(args)
+      io.write_npz(args.out, **result)
+      print(f"wrote {args.out}: " + ", ".join(
+          f"{k} {tuple(v.shape)}" for k, v in sorted(result.items())))
+      return 0
     module, params, config, tokenizer = backbones.load_clip(args.checkpoint)
     layers = parse_layers(args.layers)
     pixels = _load_pixels(args, config)
@@ -146,8 +228,7 @@ def main(argv=None) -> int:
                           method=module.encode_text,
                           prefix=("text_embeds", "text_")))
   except (FileNotFoundError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+    return console.fail(e)
   io.write_npz(args.out, **result)
   print(f"wrote {args.out}: " + ", ".join(
       f"{k} {tuple(v.shape)}" for k, v in sorted(result.items())))

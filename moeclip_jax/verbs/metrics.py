@@ -1,6 +1,7 @@
-"""Evaluate any model's saved predictions.
+"""`moeclip-jax metrics`: AUROC, AP, F1-max and AUPRO of any model's saved
+predictions (PRED.npz).
 
-  python -m moeclip_jax.metrics --pred PRED.npz --out DIR \
+  moeclip-jax metrics --pred PRED.npz --out DIR \
       [--protocol NAME[:ap=trapezoid,...]] [--mode auto|exact|streaming]
 
 PRED.npz keys: image_scores [N], image_labels [N], optional anomaly_maps
@@ -20,17 +21,42 @@ import numpy as np
 
 from moeclip_jax.eval import evaluate as evaluate_lib
 from moeclip_jax.eval import protocols, reports, streaming
+from moeclip_jax.utils import console as console_lib
 
 PRED_KEYS = ("image_scores", "image_labels", "anomaly_maps", "masks",
              "class_names")
 REQUIRED_KEYS = ("image_scores", "image_labels")
 
 
+PRED_HELP = """\
+PRED.npz (numpy.savez, no pickles; the names are exact):
+  image_scores  float [N]        image anomaly scores (higher = anomalous)
+  image_labels  int/bool [N]     1 = anomalous, 0 = normal
+  anomaly_maps  float [N, H, W]  optional: pixel scores
+  masks         int/bool [N, H, W]  optional (needs anomaly_maps): 1 = defect
+  class_names   str [N]          optional: per-class table and class means
+"""
+
+EXAMPLES = """
+  python - <<'EOF'
+  import numpy as np
+  np.savez("pred.npz", image_scores=scores, image_labels=labels,
+           anomaly_maps=maps, masks=masks, class_names=classes)
+  EOF
+  moeclip-jax metrics --pred pred.npz --out results/
+  moeclip-jax metrics --pred pred.npz --out results/ \
+      --protocol moeclip-released --domain industrial
+  moeclip-jax metrics --pred pred.npz --out results/ --protocol raw:ap=trapezoid
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
-      prog="python -m moeclip_jax.metrics",
+      prog="moeclip-jax metrics",
       description="Exact / streaming AUROC, AP, F1-max and AUPRO of saved "
-                  "predictions.")
+                  "predictions (any model).\n\n" + PRED_HELP,
+      epilog="examples:\n" + EXAMPLES.strip("\n"),
+      formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--pred", required=True, help="PRED.npz")
   parser.add_argument("--out", required=True, help="output folder")
   parser.add_argument("--protocol", default="raw",
@@ -51,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("--checkpoint-hash", default=None,
                       help="recorded in protocol.json")
   parser.add_argument("--quiet", action="store_true", help="no table")
+  console_lib.add_debug_flag(parser)
   return parser
 
 
@@ -92,19 +119,22 @@ def main(argv: Sequence[str] | None = None) -> int:
   """CLI entry point; returns the exit status."""
   args = build_parser().parse_args(argv)
   try:
+    protocol = protocols.get_protocol(args.protocol, ap=args.ap)
+    domains = _parse_domain(args.domain)
     pred = load_predictions(args.pred)
+  except (ValueError, KeyError) as err:
+    return console_lib.fail(err)  # the message names the file already
+  try:
     report = evaluate_lib.evaluate(
         pred["image_scores"], pred["image_labels"], pred.get("class_names"),
         pred.get("anomaly_maps"), pred.get("masks"),
-        protocol=protocols.get_protocol(args.protocol, ap=args.ap),
-        mode=args.mode, domains=_parse_domain(args.domain),
+        protocol=protocol, mode=args.mode, domains=domains,
         num_bins=args.bins, tolerance=args.tolerance,
         metadata={"predictions": os.path.abspath(args.pred),
                   "predictions_sha256": _sha256(args.pred),
                   "seed": args.seed, "checkpoint_hash": args.checkpoint_hash})
   except (ValueError, streaming.StreamingToleranceError) as err:
-    print(f"error: {args.pred}: {err}", file=sys.stderr)
-    return 2
+    return console_lib.fail(ValueError(f"{args.pred}: {err}"))
   paths = reports.write_reports(report, args.out)
   if not args.quiet:
     from rich.console import Console  # pylint: disable=g-import-not-at-top

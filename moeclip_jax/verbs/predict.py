@@ -7,8 +7,14 @@ image's size >= the pixel threshold), and one line of OUT/predictions.jsonl
 (with "mask" when masks are saved):
   {"path", "score", "is_anomalous", "threshold", "threshold_source",
    "class_name", "raw_score", "max_map", "overlay"}
-Unreadable files go to OUT/unreadable.txt (and the log); they never stop
-the run.
+Unreadable files go to OUT/unreadable.txt (and the log); they do not stop
+the run (exit 0 with a warning) unless --strict; when no input at all could
+be predicted (a typo, an empty folder, only unreadable files) the exit
+status is 2 with a one-line reason. predictions.jsonl is written line by
+line (flushed): after a kill, `--resume` predicts only the images not in it
+yet and finishes the same file an uninterrupted run writes. Overlays are at
+most --overlay-max-side pixels on their longest side; inputs above
+LARGE_INPUT_PIXELS are warned about, above --max-pixels refused.
 
 Scores: with calibration statistics for the class (from `calibrate`) the
 score is MoECLIP's fused score; without them it is the detector's raw image
@@ -19,9 +25,11 @@ InCTRL and AnomalyMoE keep their own image score (no fusion); InCTRL needs
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import pathlib
+import signal
 from typing import Any, Sequence
 
 import numpy as np
@@ -37,6 +45,7 @@ CHUNK_BATCHES = 8  # images are read, predicted and written in chunks
 # What an image reports: one place for predict and serve (inference/).
 resolve_threshold = calibration.resolve_threshold
 score_images = calibration.score_images
+LARGE_INPUT_PIXELS = 25_000_000  # warn above this many pixels (5000 x 5000)
 
 EXAMPLES = """
   moeclip-jax predict photo.png --checkpoint runs/tiny/detector --out pred/
@@ -65,19 +74,99 @@ def build_parser():
                       "the map >= the calibrated pixel threshold)")
   p.add_argument("--batch-size", type=int, default=8)
   common.add_tile_options(p)
+  p.add_argument("--strict", action="store_true",
+                 help="any unreadable or missing input is an error")
+  p.add_argument("--resume", action="store_true",
+                 help="keep OUT/predictions.jsonl and predict only the "
+                      "images not in it yet")
+  p.add_argument("--overlay-max-side", type=int,
+                 default=overlay.DEFAULT_MAX_SIDE,
+                 help="longest side of an overlay PNG in pixels (0: the "
+                      "image's full size)")
+  p.add_argument("--max-pixels", type=int, default=None,
+                 help="refuse inputs with more pixels than this")
   common.add_method_options(p, "predict")
   return p
 
 
-def read_images(paths: Sequence[pathlib.Path]):
-  """(readable [(path, uint8 image)], unreadable ["path: reason"])."""
+def read_images(paths: Sequence[pathlib.Path], max_pixels: int | None = None):
+  """(readable [(path, uint8 image)], unreadable ["path: reason"]); inputs
+  above `max_pixels` are refused (unreadable) before they are decoded."""
   good, bad = [], []
   for path in paths:
     try:
+      pixels = image_utils.image_pixels(path)
+      if max_pixels and pixels > max_pixels:
+        raise ValueError(f"{path}: {pixels} pixels, more than --max-pixels "
+                         f"{max_pixels}")
+      if pixels > LARGE_INPUT_PIXELS:
+        log.warning("predict: %s is very large (%.0f megapixels): slow and "
+                    "memory-hungry (--max-pixels refuses such inputs)",
+                    path, pixels / 1e6)
       good.append((path, image_utils.load_rgb(path)))
     except (ValueError, FileNotFoundError) as err:
       bad.append(str(err))
   return good, bad
+
+
+def read_done(path: pathlib.Path) -> list[dict]:
+  """The complete lines of an interrupted predictions.jsonl; a partial
+  last line (killed mid-write) is cut off the file."""
+  if not path.is_file():
+    return []
+  data = path.read_bytes()
+  keep = data[:data.rfind(b"\n") + 1]
+  if len(keep) != len(data):
+    with open(path, "r+b") as f:
+      f.truncate(len(keep))
+  return [json.loads(line) for line in keep.decode().splitlines() if line]
+
+
+def _strict_check(strict: bool, unreadable: Sequence[str]) -> None:
+  if strict and unreadable:
+    more = f" (and {len(unreadable) - 1} more)" if len(unreadable) > 1 else ""
+    raise ValueError(f"{unreadable[0]}{more}; --strict makes unreadable "
+                     "inputs fatal")
+
+
+def nothing_predicted(inputs: Sequence[str], paths, unreadable) -> str:
+  """The one-line reason why no input could be predicted."""
+  if unreadable:
+    more = f"; {len(unreadable)} unreadable, listed in unreadable.txt" \
+        if len(unreadable) > 1 else ""
+    return f"no image could be predicted: {unreadable[0]}{more}"
+  if not paths:
+    return (f"no image could be predicted: no image files in "
+            f"{', '.join(map(str, inputs))}")
+  return "no image could be predicted"
+
+
+@contextlib.contextmanager
+def _sigterm_flag():
+  """{"stop": bool}, set by SIGTERM (preemption) while the block runs."""
+  flag = {"stop": False}
+  try:
+    previous = signal.signal(signal.SIGTERM,
+                             lambda *_: flag.__setitem__("stop", True))
+  except ValueError:  # not the main thread: no handler
+    yield flag
+    return
+  try:
+    yield flag
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+
+
+def _threshold_entry(detector, stored, class_name: str):
+  """The calibration entry of `class_name`; warns when it is another
+  class's (a fallback)."""
+  used = calibration.entry_class(stored, class_name)
+  if used is not None and used != class_name:
+    log.warning("predict: calibration.json has no entry for class %r: "
+                "using the calibration of class %r (run `moeclip-jax "
+                "calibrate --class-name %s` for its own)", class_name,
+                used, class_name)
+  return calibration.entry_for(stored, class_name)
 
 
 def _unique_stem(path: pathlib.Path, used: set) -> str:
@@ -104,17 +193,18 @@ def binary_mask(full_raw_map, shown_full, map_thr, entry) -> np.ndarray:
 def _write_one(out, name, path, image, raw_map, shown, score, raw_score,
                map_thr, threshold, source, class_name, save_maps,
                to_image=overlay.resize_map, save_masks=False,
-               entry=None) -> dict:
+               entry=None, max_side=overlay.DEFAULT_MAX_SIDE) -> dict:
   hw = image.shape[:2]
-  shown_full = to_image(shown, hw)
-  panel = overlay.panels(image, shown_full, float(map_thr))
+  small = overlay.fit_image(image, max_side)
+  panel = overlay.panels(small, to_image(shown, small.shape[:2]),
+                         float(map_thr))
   png = overlay.save_png(out / "overlays" / f"{name}.png", panel)
   full = to_image(raw_map, hw) if save_maps or save_masks else None
   if save_maps:
     np.save(out / "maps" / f"{name}.npy", full)
   extra = {}
   if save_masks:
-    mask = binary_mask(full, shown_full, map_thr, entry)
+    mask = binary_mask(full, to_image(shown, hw), map_thr, entry)
     extra["mask"] = str(overlay.save_png(
         out / "masks" / f"{name}.png", mask.astype(np.uint8) * 255))
   return {**extra, "path": str(path), "score": float(score),
@@ -128,11 +218,18 @@ def predict_paths(detector, inputs: Sequence[str], out,
                   class_name: str | None = None, threshold: str = "auto",
                   save_maps=False, batch_size: int = 8,
                   tile: tiling.TileSpec | None = None,
-                  save_masks: bool = False) -> dict[str, Any]:
+                  save_masks: bool = False, *,
+                  strict: bool = False, resume: bool = False,
+                  overlay_max_side: int | None = overlay.DEFAULT_MAX_SIDE,
+                  max_pixels: int | None = None) -> dict[str, Any]:
   """Runs predict and writes every output; returns a summary dict.
 
   `detector`: what `load_detector(dir, **method_options)` returns; `tile`:
   predict each image in tiles (maps then come at the image size).
+
+  Raises:
+    ValueError: no input could be predicted, or (`strict`) one is
+      unreadable.
   """
   out = pathlib.Path(out)
   out.mkdir(parents=True, exist_ok=True)
@@ -141,33 +238,53 @@ def predict_paths(detector, inputs: Sequence[str], out,
   class_name = class_name or detector.default_class_name()
   stored = calibration.load(detector.checkpoint_dir)
   calibration.check_method(stored, detector.method, detector.checkpoint_dir)
-  entry = calibration.entry_for(stored, class_name)
+  entry = _threshold_entry(detector, stored, class_name)
   thr, source = resolve_threshold(threshold, entry)
   paths, unreadable = common.list_images(inputs)
+  _strict_check(strict, unreadable)
+  lines = read_done(out / PREDICTIONS_FILE) if resume else []
+  done = {line["path"] for line in lines}
+  used: set = set()
+  names = {path: _unique_stem(path, used) for path in paths}
+  todo = [path for path in paths if str(path) not in done]
   facts = detector.begin_predict(paths, class_name, entry, out)
-  used, lines = set(), []
   chunk = CHUNK_BATCHES * batch_size  # bounds the images held in memory
   if tile is not None:
     chunk = 1  # tiled images are large: one at a time
-  with common.progress(None, "predict", total=len(paths)) as bar:
-    for start in range(0, len(paths), chunk):
-      loaded, bad = read_images(paths[start:start + chunk])
+  with open(out / PREDICTIONS_FILE, "a" if resume else "w") as sink, \
+      _sigterm_flag() as preempt, \
+      common.progress(None, "predict", total=len(paths),
+                      initial=len(paths) - len(todo)) as bar:
+    for start in range(0, len(todo), chunk):
+      loaded, bad = read_images(todo[start:start + chunk], max_pixels)
+      _strict_check(strict, bad)
       unreadable += bad
       raw_maps, raw_scores, shown, scores, map_thr, to_image = _predict_chunk(
           detector, [im for _, im in loaded], class_name, batch_size, entry,
           tile)
       for i, (path, image) in enumerate(loaded):
         lines.append(_write_one(
-            out, _unique_stem(path, used), path, image, raw_maps[i],
+            out, names[path], path, image, raw_maps[i],
             shown[i], scores[i], raw_scores[i], map_thr[i], thr, source,
-            class_name, save_maps, to_image, save_masks, entry))
-      bar.update(min(chunk, len(paths) - start))
-  io.write_text(out / PREDICTIONS_FILE,
-                "".join(json.dumps(line) + "\n" for line in lines))
+            class_name, save_maps, to_image, save_masks, entry,
+            overlay_max_side))
+        sink.write(json.dumps(lines[-1]) + "\n")
+        sink.flush()  # a kill loses at most the image being written
+        if preempt["stop"]:
+          break
+      if preempt["stop"]:
+        log.warning("predict: SIGTERM: %d of %d images predicted, stopping"
+                    " (rerun with --resume to finish)", len(lines),
+                    len(paths))
+        break
+      bar.update(min(chunk, len(todo) - start))
   io.write_text(out / "unreadable.txt", "".join(u + "\n" for u in unreadable))
   for problem in unreadable:
     log.warning("predict: unreadable %s", problem)
+  if not lines:
+    raise ValueError(nothing_predicted(inputs, paths, unreadable))
   return {"predictions": lines, "unreadable": unreadable,
+          "preempted": preempt["stop"],
           "threshold": thr, "threshold_source": source, **facts}
 
 
@@ -210,7 +327,10 @@ def run(args) -> dict:
   return predict_paths(detector, args.inputs, args.out, args.class_name,
                        args.threshold, save_maps=args.save_maps,
                        batch_size=args.batch_size, tile=common.tile_spec(args),
-                       save_masks=args.save_masks)
+                       save_masks=args.save_masks, strict=args.strict,
+                       resume=args.resume,
+                       overlay_max_side=args.overlay_max_side,
+                       max_pixels=args.max_pixels)
 
 
 def main(argv=None) -> int:
