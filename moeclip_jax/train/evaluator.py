@@ -20,13 +20,36 @@ BATCH_KEYS = ("image", "class_id")
 HOST_KEYS = ("valid", "label", "class_id", "has_mask", "index", "mask")
 
 
-@functools.lru_cache(maxsize=8)
+class _JitKey:
+  """Hashes and compares by a method's `jit_key`; carries the method."""
+
+  def __init__(self, key, method):
+    self.key, self.method = key, method
+
+  def __hash__(self):
+    return hash(self.key)
+
+  def __eq__(self, other):
+    return isinstance(other, _JitKey) and self.key == other.key
+
+
 def make_predict(method, mesh):
   """jit(predict_fn) with the batch sharded over the data axes.
 
   Cached per (method, mesh), so periodic evaluations reuse one compiled
-  function instead of re-tracing a fresh jit each time.
+  function instead of re-tracing a fresh jit each time. A method with a
+  `jit_key` attribute (a hashable naming what its `predict_fn` computes,
+  e.g. (kind, detector)) shares the jitted function of every method with
+  an equal key: per-class and per-draw wrappers of one detector compile
+  once per input shape.
   """
+  key = getattr(method, "jit_key", None)
+  return _make_predict(method if key is None else _JitKey(key, method), mesh)
+
+
+@functools.lru_cache(maxsize=8)
+def _make_predict(owner, mesh):
+  method = owner.method if isinstance(owner, _JitKey) else owner
   repl = partition.replicated(mesh)
   batch_sh = partition.batch_sharding(mesh)
   return jax.jit(method.predict_fn, in_shardings=(None, batch_sh, repl),

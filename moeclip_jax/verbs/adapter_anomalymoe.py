@@ -40,6 +40,7 @@ class _StatsPass:
 
   def __init__(self, adapter):
     self.adapter = adapter
+    self.jit_key = ("anomalymoe-stats", adapter.detector)
 
   def predict_fn(self, params, batch, context):
     maps = self.adapter.level_maps(params, batch, context)  # [B, 3, S, S]
@@ -64,6 +65,7 @@ class AnomalyMoEAdapter(adapters.Adapter):
     self.preprocess = {"preset": "anomalymoe", "crop": s,
                        "size": int(round(s * RESIZE / 392))}
     self.minmax = self.options.minmax or "auto"
+    self.jit_key = ("anomalymoe", detector)  # one jit per detector
     self._stats_pass = _StatsPass(self)
     self._run_min_max = None
 

@@ -65,6 +65,9 @@ class InCTRLAdapter(adapters.Adapter):
       raise ValueError("--prompt-draws > 1 with saved prompt sets only: a "
                        "saved set is one fixed draw")
     self.prompt_set = None  # the loose-image path's set (begin_predict)
+    # predict_fn depends on the detector only: one jit for every adapter
+    # (draw, shots) of it (train.evaluator.make_predict).
+    self.jit_key = ("inctrl", detector)
 
   def run_facts(self) -> dict:
     return {"method": "inctrl", "shots": self.shots,

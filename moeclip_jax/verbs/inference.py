@@ -38,6 +38,9 @@ class DetectorMethod:
   def __init__(self, detector, domain: str):
     self.detector = detector
     self.domain = maps.canonical_domain(domain)
+    # predict_fn depends on the detector and domain only: one jit for all
+    # wrappers of them (train.evaluator.make_predict).
+    self.jit_key = ("moeclip", detector, self.domain)
 
   def make_context(self, class_names: Sequence[str], dataset=None) -> dict:
     text = [self.detector.text_features(c, dataset) for c in class_names]
