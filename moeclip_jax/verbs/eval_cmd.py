@@ -11,7 +11,6 @@ in OUT/tb/ and a log file OUT/eval.log.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import pathlib
@@ -20,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from moeclip_jax.eval import evaluate as eval_lib
 from moeclip_jax.eval import protocols
 from moeclip_jax.eval import reports
+from moeclip_jax.inference import evaluation
 from moeclip_jax.utils import images as image_utils
 from moeclip_jax.utils import io
 from moeclip_jax.verbs import adapters
@@ -74,15 +73,7 @@ def build_parser():
   return p
 
 
-def checkpoint_hash(checkpoint_dir) -> str:
-  """sha256 of the checkpoint's config.json and params metadata files."""
-  digest = hashlib.sha256()
-  root = pathlib.Path(checkpoint_dir)
-  for path in sorted(root.rglob("*")):
-    if path.is_file() and path.stat().st_size < (1 << 20):
-      digest.update(path.relative_to(root).as_posix().encode())
-      digest.update(path.read_bytes())
-  return digest.hexdigest()[:16]
+checkpoint_hash = evaluation.checkpoint_hash  # kept for importers
 
 
 def evaluate_checkpoint(detector, spec: inference.DatasetSpec, out,
@@ -108,15 +99,11 @@ def evaluate_checkpoint(detector, spec: inference.DatasetSpec, out,
   protocol = protocol or adapter.default_protocol
   all_records = inference.scan_all(spec)
   records = inference.scan_records(spec, all_records)
-  meta = {"checkpoint": str(adapter.checkpoint_dir),
-          "checkpoint_hash": checkpoint_hash(adapter.checkpoint_dir),
-          "dataset": spec.name, "root": spec.root, "split": spec.split,
-          **adapter.run_facts()}
+  meta = {"dataset": spec.name, "root": spec.root, "split": spec.split}
   runs, first = [], None
-  for pred, facts in adapter.eval_runs(records, all_records, batch_size,
-                                       map_size):
-    runs.append((_evaluate(pred, protocol, adapter.domain,
-                           {**meta, **facts}), facts))
+  for report, facts, pred in evaluation.evaluate_runs(
+      adapter, records, all_records, protocol, batch_size, map_size, meta):
+    runs.append((report, facts))
     first = first or pred
   if adapter.name == "inctrl":
     report = draws.aggregate([r for r, _ in runs], [f for _, f in runs],
@@ -132,16 +119,6 @@ def evaluate_checkpoint(detector, spec: inference.DatasetSpec, out,
   common.tensorboard_scalars(out / "tb", {f"eval/{k}": v for k, v in
                                           report["mean"].items()})
   return report
-
-
-def _evaluate(pred, protocol, domain, meta) -> dict[str, Any]:
-  names = np.asarray(pred["class_names"])[pred["class_ids"]]
-  with_masks = bool(pred["has_mask"].any())
-  return eval_lib.evaluate(
-      pred["image_scores"], pred["labels"], names,
-      anomaly_maps=pred["maps"] if with_masks else None,
-      masks=(pred["masks"] > 0.5) if with_masks else None,
-      protocol=protocol, domains=domain, metadata=meta)
 
 
 def write_all_reports(report, out) -> None:
