@@ -6,8 +6,8 @@ Weights (the released InCTRL checkpoints hold the backbone too):
   # heads-only file: add --clip vit_b_16_plus_240-laion400m_e32-699c4b84.pt
 
 Few-shot evaluation (mean +- std over prompt draws):
-  python -m moeclip_jax.methods.inctrl.evaluate --checkpoint ckpt/inctrl_k2 \
-      --dataset elpv --shots 2,4,8 --prompt-draws 5
+  for k in 2 4 8; do python -m moeclip_jax.eval --checkpoint ckpt/inctrl_k2 \
+      --dataset elpv --shots $k --prompt-draws 5 --out runs/elpv_k$k; done
 
 Training on an auxiliary dataset with the generic loop (normals of
 train+test, anomalies of test; balanced 8 + 8 batches; K prompts redrawn per
@@ -83,7 +83,7 @@ def get_config(arg=None):
   c.tensorboard = True
 
   c.eval = ml_collections.ConfigDict()
-  c.eval.shots = (2, 4, 8)          # few-shot CLI (methods/inctrl/evaluate)
+  c.eval.shots = (2, 4, 8)          # few-shot evaluation (methods/inctrl/evaluate)
   c.eval.prompt_draws = 5
   c.eval.protocol = "raw"
   c.eval.map_size = None

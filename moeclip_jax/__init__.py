@@ -1,8 +1,8 @@
 """moeclip_jax: generalist visual anomaly detection in JAX/Flax.
 
 Public surface (kept small on purpose):
-  * `moeclip_jax.models.clip.load(checkpoint_dir)` -> (module, params, config,
-    tokenizer) for a converted CLIP checkpoint;
+  * `moeclip_jax.checkpoint.backbones.load_clip(checkpoint_dir)` -> (module,
+    params, config, tokenizer) for a converted CLIP checkpoint;
   * `moeclip_jax.load_detector(checkpoint_dir)` -> a detector with `.predict`.
 """
 

@@ -2,11 +2,7 @@
 
 import sys
 
-
-def main(argv=None) -> int:
-  from moeclip_jax.verbs import calibrate  # pylint: disable=g-import-not-at-top
-  return calibrate.main(argv)
-
+from moeclip_jax import cli
 
 if __name__ == "__main__":
-  sys.exit(main())
+  sys.exit(cli.main(["calibrate", *sys.argv[1:]]))

@@ -16,7 +16,7 @@ VERBS = {
              "offline end-to-end demo (tiny CLIP, ELPV cells, ~minutes)"),
     "train": ("moeclip_jax.train.__main__",
               "train a method from a config file (--config.key=value)"),
-    "eval": ("moeclip_jax.verbs.eval_cmd",
+    "eval": ("moeclip_jax.verbs.eval",
              "evaluate a checkpoint on a labelled dataset"),
     "predict": ("moeclip_jax.verbs.predict",
                 "anomaly maps, overlays and decisions for images"),
@@ -26,10 +26,10 @@ VERBS = {
                "serialized StableHLO (jax.export) of a detector"),
     "convert": ("moeclip_jax.convert.__main__",
                 "convert HF / OpenAI / OpenCLIP / official weights"),
-    "data": ("moeclip_jax.data.cli", "prepare / inspect datasets"),
-    "embed": ("moeclip_jax.embed",
+    "data": ("moeclip_jax.verbs.data", "prepare / inspect datasets"),
+    "embed": ("moeclip_jax.verbs.embed",
               "image/text embeddings and hidden states of a checkpoint"),
-    "metrics": ("moeclip_jax.metrics",
+    "metrics": ("moeclip_jax.verbs.metrics",
                 "metrics of saved predictions (any model)"),
 }
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import pathlib
 
+from moeclip_jax.checkpoint import params as ckpt_params
+
 _CACHE: dict = {}
 
 REDUCED = dict(steps=3, images=8, cell_size=48, image_size=32,
@@ -56,7 +58,6 @@ def tiny_inctrl_checkpoint(dst, shots: int = 2) -> pathlib.Path:
   """Random tiny-test CLIP InCTRL (32 px, blocks 1-3) in the converter's
   layout (config.json with `shots`, params, tokenizer)."""
   import jax  # pylint: disable=g-import-not-at-top
-  from moeclip_jax.convert import common  # pylint: disable=g-import-not-at-top
   from moeclip_jax.methods.inctrl import model as inctrl_model  # pylint: disable=g-import-not-at-top
   from moeclip_jax.models import clip_config  # pylint: disable=g-import-not-at-top
   config = clip_config.get_config("tiny-test", image_size=32)
@@ -65,7 +66,7 @@ def tiny_inctrl_checkpoint(dst, shots: int = 2) -> pathlib.Path:
   cfg = {"method": "inctrl", "clip": config.to_dict(), "shots": shots,
          "inctrl": {"feature_layers": [1, 2, 3], "adapter_reduction": 4,
                     "text_scale": 100.0}}
-  return common.write_checkpoint_with_tokenizer(
+  return ckpt_params.write_checkpoint_with_tokenizer(
       dst, variables, cfg, {"source_format": "test"}, overwrite=True)
 
 
@@ -102,7 +103,6 @@ def tiny_anomalymoe_checkpoint(dst) -> pathlib.Path:
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from moeclip_jax.convert import common  # pylint: disable=g-import-not-at-top
   from moeclip_jax.methods.anomalymoe import model as model_lib  # pylint: disable=g-import-not-at-top
   config = micro_anomalymoe_config()
   module = model_lib.AnomalyMoE(config)
@@ -111,6 +111,6 @@ def tiny_anomalymoe_checkpoint(dst) -> pathlib.Path:
       k, jnp.zeros((1, s, s, 3)), jnp.zeros((1, s, s, 3)),
       jnp.zeros((1, 1, s, s)))["params"]), jax.random.key(0))
   params = {"model": _random_like(shapes, 0)}
-  return common.write_params_checkpoint(
+  return ckpt_params.write_params_checkpoint(
       dst, params, {"method": "anomalymoe", **config.to_dict()},
       {"source_format": "test"}, overwrite=True)

@@ -2,8 +2,7 @@
 
 import numpy as np
 
-from moeclip_jax.methods.anomalymoe import components
-from moeclip_jax.methods.anomalymoe import components_cli
+from moeclip_jax.data import components
 
 
 def _two_part_maps(n=4, g=8, dim=16, seed=0):
@@ -59,7 +58,7 @@ def test_saved_masks_roundtrip(tmp_path):
       np.uint8)
   np.savez_compressed(tmp_path / "m.npz", masks=np.packbits(masks),
                       shape=np.array(masks.shape))
-  np.testing.assert_array_equal(components_cli.load_masks(tmp_path / "m.npz"),
+  np.testing.assert_array_equal(components.load_masks(tmp_path / "m.npz"),
                                 masks)
-  assert components_cli.image_id("/d", "/d/cls/train/good/1.png") == (
+  assert components.image_id("/d", "/d/cls/train/good/1.png") == (
       "cls__train__good__1.png")

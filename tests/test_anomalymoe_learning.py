@@ -20,11 +20,11 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 import train_fixtures as tf
-from moeclip_jax.convert import common
-from moeclip_jax.data import cli as data_cli
+from moeclip_jax.verbs import data as data_cli
 from moeclip_jax.methods.anomalymoe import model as model_lib
 from moeclip_jax.models import dinov2
 from moeclip_jax.train import loop
+from moeclip_jax.checkpoint import params as ckpt_params
 
 SIZE = 448  # the preset resizes to 448 and centre-crops 392
 CLASSES = ("stripes", "rings")
@@ -89,7 +89,7 @@ def _write_backbone(dst: pathlib.Path):
   params = jax.jit(lambda k: dinov2.DinoV2(config).init(
       k, np.zeros((1, 392, 392, 3), np.float32)))(jax.random.key(7))
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  common.write_params_checkpoint(
+  ckpt_params.write_params_checkpoint(
       dst, nn.unbox(params)["params"], {"model": "dinov2", **config.to_dict()},
       {"model": "dinov2", "source_format": "test"})
 

@@ -11,8 +11,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from moeclip_jax.methods.anomalymoe import components
-from moeclip_jax.methods.anomalymoe import components_cli
+from moeclip_jax.data import components
 from moeclip_jax.methods.anomalymoe import components_jax
 from moeclip_jax.methods.anomalymoe import data as data_lib
 from moeclip_jax.methods.anomalymoe import predictor
@@ -116,7 +115,7 @@ def test_train_data_normal_only_with_masks_by_id(tmp_path):
   for i, r in enumerate(train):  # mask i: i + 1 rows set, slot (i % 2)
     masks = np.zeros((2, 28, 28), np.uint8)
     masks[i % 2, : i + 1] = 1
-    name = components_cli.image_id(str(root), r.image_path)
+    name = components.image_id(str(root), r.image_path)
     path = out / r.class_name / f"{name}.npz"
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(path, masks=np.packbits(masks),

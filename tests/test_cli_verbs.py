@@ -13,8 +13,8 @@ from PIL import Image
 
 import cli_fixtures
 from moeclip_jax import cli
-from moeclip_jax.verbs import calibration
-from moeclip_jax.verbs import overlay
+from moeclip_jax.inference import calibration
+from moeclip_jax.inference import overlay
 from moeclip_jax.verbs import predict
 
 
@@ -143,7 +143,7 @@ def test_predict_with_a_user_threshold_and_no_calibration(
 
 def test_export_output_equals_live_detector(demo, tmp_path):
   import moeclip_jax
-  from moeclip_jax.verbs import export
+  from moeclip_jax.inference import export
   out = tmp_path / "exported"
   assert cli.main(["export", "--checkpoint", str(demo["detector"]),
                    "--class-names", "poly", "--out", str(out)]) == 0

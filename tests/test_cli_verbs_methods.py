@@ -2,7 +2,7 @@
 AnomalyMoE checkpoints (tiny random models, a synthetic MVTec tree).
 
 The method comes from the checkpoint's config.json (`load_detector`); the
-verbs go through the per-method adapters of `moeclip_jax.verbs.adapters`.
+verbs go through each method's `Detector` (methods/<m>/detector.py).
 """
 
 import json
@@ -15,8 +15,9 @@ from PIL import Image
 
 import cli_fixtures
 from moeclip_jax import cli
-from moeclip_jax.verbs import adapters
-from moeclip_jax.verbs import calibration
+from moeclip_jax.inference import runner
+from moeclip_jax.methods import registry
+from moeclip_jax.inference import calibration
 
 STANDARD_KEYS = {"per_class", "mean", "counts", "protocol"}
 NUM_TEST = 2 * 4  # classes x (2 good + 2 bad)
@@ -72,20 +73,18 @@ def test_inctrl_eval_prompt_draws_mean_and_std(world, tmp_path):
 def test_inctrl_dataset_seam_equals_detector_predict(world):
   """Mixed-class jitted batches score like set_prompts + predict."""
   import moeclip_jax
-  from moeclip_jax.verbs import inference
   det = moeclip_jax.load_detector(world["inctrl"])
-  adapter = adapters.make_adapter(det, world["inctrl"])
-  spec = inference.DatasetSpec("mvtec", str(world["data"]))
-  everything = inference.scan_all(spec)
-  records = inference.scan_records(spec, everything)
-  pred, _ = next(adapter.eval_runs(records, everything, batch_size=3))
+  spec = runner.DatasetSpec("mvtec", str(world["data"]))
+  everything = runner.scan_all(spec)
+  records = runner.scan_records(spec, everything)
+  pred, _ = next(det.eval_runs(records, everything, batch_size=3))
   for cid, name in enumerate(pred["class_names"]):
     sel = np.flatnonzero(pred["class_ids"] == cid)
     ps = pred["prompt_sets"][name]
     det.set_prompts(ps.images)
-    pixels = adapters.prepare_images(
+    pixels = runner.prepare_images(
         [np.asarray(Image.open(records[int(pred["index"][i])].image_path)
-                    .convert("RGB")) for i in sel], adapter.preprocess)
+                    .convert("RGB")) for i in sel], det.preprocess)
     want = det.predict(pixels, name)
     np.testing.assert_allclose(pred["image_scores"][sel],
                                want["image_score"], rtol=1e-4, atol=1e-5)
@@ -125,16 +124,16 @@ def test_inctrl_calibrate_then_predict_with_prompts(world, tmp_path):
 
 def _live_and_exported(ck, out, images, class_name, prompts=None, **kw):
   import moeclip_jax
-  from moeclip_jax.verbs import export
+  from moeclip_jax.inference import export
+  from moeclip_jax.inference import runner
   assert cli.main(["export", "--checkpoint", str(ck), "--out", str(out)]) == 0
   loaded = export.load_exported(out)
-  adapter = adapters.make_adapter(moeclip_jax.load_detector(ck), ck)
-  x = adapters.prepare_images(images, adapter.preprocess)
+  detector = moeclip_jax.load_detector(ck)
+  x = runner.prepare_images(images, detector.preprocess)
   if prompts is not None:
-    adapter.detector.set_prompts(adapters.prepare_images(
-        prompts, adapter.preprocess))
+    detector.set_prompts(runner.prepare_images(prompts, detector.preprocess))
     loaded.set_prompts(np.stack(prompts))
-  want = adapter.detector.predict(x, class_name, **kw)
+  want = detector.predict(x, class_name, **kw)
   return loaded, np.stack(images), want
 
 
@@ -174,8 +173,7 @@ def test_flags_of_other_methods_are_errors(world, tmp_path, capsys):
                    "medical", "--out", str(tmp_path)]) == 2
   assert "--domain not used by inctrl" in capsys.readouterr().err
   with pytest.raises(ValueError, match="--prompt-draws not used by moeclip"):
-    adapters.check_flags(adapters.MoECLIPAdapter,
-                         adapters.Options(prompt_draws=2), "ck")
+    registry.DETECTORS["moeclip"].check_options("ck", {"prompt_draws": 2})
 
 
 def test_anomalymoe_eval_writes_standard_metrics(world, tmp_path):
@@ -240,10 +238,10 @@ def test_map_to_image_undoes_resize_and_centre_crop():
   pre = {"preset": "anomalymoe", "size": 448, "crop": 392}
   amap = np.zeros((392, 392), np.float32)
   amap[:, 196:] = 1.0  # right half of the crop
-  full = adapters.map_to_image(amap, (64, 64), pre)
+  full = runner.map_to_image(amap, (64, 64), pre)
   assert full.shape == (64, 64)
   assert full[:, :28].max() == 0.0 and full[:, 36:].min() == 1.0
-  square = adapters.map_to_image(np.ones((32, 32)), (20, 50),
+  square = runner.map_to_image(np.ones((32, 32)), (20, 50),
                                  {"preset": "inctrl", "size": 32,
                                   "crop": 32})
   assert square.shape == (20, 50)

@@ -6,6 +6,7 @@ import pytest
 import clip_oracle
 from moeclip_jax.convert import clip_cli
 from moeclip_jax.models import clip
+from moeclip_jax.checkpoint import backbones
 
 pytestmark = pytest.mark.needs_torch
 ATOL = 1e-4
@@ -14,7 +15,7 @@ ATOL = 1e-4
 def _convert(tmp_path, model, **kwargs):
   model.save_pretrained(tmp_path / "hf", safe_serialization=True)
   clip_cli.convert_hf_clip(tmp_path / "hf", tmp_path / "ck", **kwargs)
-  return clip.load(tmp_path / "ck")
+  return backbones.load_clip(tmp_path / "ck")
 
 
 def _compare(module, params, model, image_size, n_vis, n_txt, seed=0):
@@ -59,7 +60,7 @@ def test_activation_override_changes_numerics(tmp_path):
   model = clip_oracle.make_hf_clip("quick_gelu", seed=4)
   model.save_pretrained(tmp_path / "hf", safe_serialization=True)
   clip_cli.convert_hf_clip(tmp_path / "hf", tmp_path / "ck", activation="gelu")
-  module, params, config, _ = clip.load(tmp_path / "ck")
+  module, params, config, _ = backbones.load_clip(tmp_path / "ck")
   assert config.activation == "gelu"
   pixels = np.ones((1, 32, 32, 3), np.float32)
   ours = module.apply({"params": params}, pixels, method=module.encode_image)
@@ -70,7 +71,7 @@ def test_activation_override_changes_numerics(tmp_path):
 def test_bfloat16_compute_close_to_float32(tmp_path):
   model = clip_oracle.make_hf_clip("quick_gelu", seed=5)
   module, params, _, _ = _convert(tmp_path, model)
-  module16, _, _, _ = clip.load(tmp_path / "ck", dtype="bfloat16")
+  module16, _, _, _ = backbones.load_clip(tmp_path / "ck", dtype="bfloat16")
   pixels = np.random.default_rng(0).standard_normal((2, 32, 32, 3)).astype(np.float32)
   f32 = module.apply({"params": params}, pixels, method=module.encode_image)
   b16 = module16.apply({"params": params}, pixels, method=module16.encode_image)

@@ -13,6 +13,8 @@ from moeclip_jax.convert import clip_convert
 from moeclip_jax.convert import common
 from moeclip_jax.models import clip
 from moeclip_jax.models import posemb
+from moeclip_jax.checkpoint import params as ckpt_params
+from moeclip_jax.checkpoint import backbones
 
 pytestmark = pytest.mark.needs_torch
 
@@ -41,7 +43,7 @@ def openclip_state(hf_dir):
 def reference_params(hf_dir, tmp_path_factory):
   dst = tmp_path_factory.mktemp("ref") / "ck"
   clip_cli.convert_hf_clip(hf_dir, dst)
-  return clip.load(dst)
+  return backbones.load_clip(dst)
 
 
 def _flat(params):
@@ -77,7 +79,7 @@ def test_openclip_formats_equal_hf_conversion(
   src = tmp_path / name
   _save(openclip_state, src)
   clip_cli.convert_openclip(src, "tiny-oracle", tmp_path / "ck")
-  _, params, config, tok = clip.load(tmp_path / "ck")
+  _, params, config, tok = backbones.load_clip(tmp_path / "ck")
   ref = _flat(reference_params[1])
   ours = _flat(params)
   assert ours.keys() == ref.keys()
@@ -86,7 +88,7 @@ def test_openclip_formats_equal_hf_conversion(
   assert config.vision.image_size == 32
   assert tok is not None  # packaged BPE copied in
   meta = json.loads((tmp_path / "ck" / "meta.json").read_text())
-  assert meta["source_sha256"][name] == common.sha256_file(src)
+  assert meta["source_sha256"][name] == ckpt_params.sha256_file(src)
 
 
 def test_round_trip_source_ours_source(openclip_state, reference_params):
@@ -99,7 +101,7 @@ def test_round_trip_source_ours_source(openclip_state, reference_params):
 def test_image_size_resamples_positional_table(tmp_path, hf_dir, hf_model):
   import torch
   clip_cli.convert_hf_clip(hf_dir, tmp_path / "ck", image_size=48)
-  _, params, config, _ = clip.load(tmp_path / "ck")
+  _, params, config, _ = backbones.load_clip(tmp_path / "ck")
   assert config.vision.grid == 6
   table = hf_model.vision_model.embeddings.position_embedding.weight.detach()
   grid = table[1:].reshape(1, 4, 4, -1).permute(0, 3, 1, 2)

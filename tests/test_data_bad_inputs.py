@@ -7,7 +7,7 @@ import data_fakes
 import numpy as np
 from PIL import Image
 
-from moeclip_jax.data import cli
+from moeclip_jax.verbs import data as cli
 from moeclip_jax.data import images
 from moeclip_jax.data import tfds_builders
 

@@ -112,7 +112,7 @@ def test_no_tensorflow_import_in_a_fresh_process(tmp_path):
 
 @pytest.mark.slow
 def test_elpv_full_build_via_cli(tmp_path, capsys):
-  from moeclip_jax.data import cli  # pylint: disable=g-import-not-at-top
+  from moeclip_jax.verbs import data as cli  # pylint: disable=g-import-not-at-top
   assert cli.main(["prepare", "elpv", "--data-dir", str(tmp_path)]) == 0
   assert "items in: 2223, written: 2223, skipped: 0" in capsys.readouterr().out
   sources = tfds_builders.load(str(tmp_path), "elpv")

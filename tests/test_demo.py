@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 import cli_fixtures
-from moeclip_jax.verbs import overlay
+from moeclip_jax.inference import overlay
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ from conftest import require_shared
 from moeclip_jax.convert import common
 from moeclip_jax.convert import hf_dinov2
 from moeclip_jax.models import dinov2
+from moeclip_jax.checkpoint import backbones
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -151,7 +152,7 @@ def test_convert_cli_roundtrip(tmp_path):
   (src / "config.json").write_text(json.dumps(model.config.to_dict()))
   save_file(_state_numpy(model), str(src / "model.safetensors"))
   dst = hf_dinov2.convert_hf_dinov2(src, tmp_path / "out")
-  module, params, config = hf_dinov2.load_checkpoint(dst)
+  module, params, config = backbones.load_dinov2(dst)
   assert config.interpolation == "hf" and config.depth == 3
   pixels = np.random.default_rng(1).standard_normal((1, 3, 84, 84))
   pixels = pixels.astype(np.float32)

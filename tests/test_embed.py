@@ -5,11 +5,12 @@ import pytest
 from PIL import Image
 
 import clip_oracle
-from moeclip_jax import embed
+from moeclip_jax.verbs import embed
 from moeclip_jax.convert import clip_cli
 from moeclip_jax.models import clip
 from moeclip_jax.models import tokenize
 from moeclip_jax.utils import images
+from moeclip_jax.checkpoint import backbones
 
 pytestmark = pytest.mark.needs_torch
 
@@ -24,7 +25,7 @@ def checkpoint(tmp_path_factory):
 
 
 def test_pixels_and_texts(tmp_path, checkpoint):
-  module, params, _, tok = clip.load(checkpoint)
+  module, params, _, tok = backbones.load_clip(checkpoint)
   pixels = np.random.default_rng(0).standard_normal((5, 32, 32, 3)).astype(np.float32)
   np.save(tmp_path / "x.npy", pixels)
   texts = ["a photo of a cat.", "a damaged solar cell."]
@@ -56,7 +57,7 @@ def test_image_files_use_clip_preprocessing(tmp_path, checkpoint):
                    *map(str, paths), "--out", str(tmp_path / "e.npz")])
   assert rc == 0
   out = np.load(tmp_path / "e.npz")
-  module, params, _, _ = clip.load(checkpoint)
+  module, params, _, _ = backbones.load_clip(checkpoint)
   pix = np.stack([images.clip_preprocess(images.load_rgb(p), 32) for p in paths])
   ref = module.apply({"params": params}, pix, method=module.encode_image)
   np.testing.assert_allclose(out["image_embeds"], ref["pooled"], atol=1e-5)

@@ -9,7 +9,6 @@ accuracy.
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
@@ -17,13 +16,14 @@ from sklearn import metrics as sk_metrics
 
 import inctrl_golden_utils as G
 
-from moeclip_jax.convert import common
 from moeclip_jax.data import images as data_images
+from moeclip_jax.data import readers
 from moeclip_jax.data.readers import elpv
 from moeclip_jax.methods.inctrl import detector
 from moeclip_jax.methods.inctrl import evaluate
 from moeclip_jax.methods.inctrl import fewshot
 from moeclip_jax.models import tokenize
+from moeclip_jax.checkpoint import params as ckpt_params
 
 POOL, PER_LABEL = 16, 12
 
@@ -136,27 +136,23 @@ def test_draw_rejects_too_many_shots():
     fewshot.draw_prompt_indices(8, 9, 0)
 
 
-def test_evaluate_cli_on_elpv(tmp_path):
+def test_evaluate_records_on_elpv(tmp_path):
   model, variables = G.tiny_inctrl(32, (1, 2, 3))
-  ckpt = common.write_params_checkpoint(
+  ckpt = ckpt_params.write_params_checkpoint(
       tmp_path / "ckpt", variables,
       {"method": "inctrl", "clip": model.clip_config.to_dict(),
        "inctrl": {"feature_layers": [1, 2, 3]}}, {"source_format": "test"},
       tokenizer_dir=tokenize.packaged_tokenizer_dir())
-  out = tmp_path / "res.json"
-  assert evaluate.main([
-      "--checkpoint", str(ckpt), "--dataset", "elpv", "--shots", "2,4",
-      "--prompt-draws", "2", "--max-queries", "16", "--max-pool", "8",
-      "--save-prompts", str(tmp_path / "sets"), "--out", str(out)]) == 0
-  res = json.loads(out.read_text())
-  assert set(res) == {"elpv"} and set(res["elpv"]) == {"2", "4"}
-  assert res["elpv"]["4"]["num_draws"] == 2
+  det = detector.load(ckpt)
+  records = readers.scan("elpv", None).records
+  res = evaluate.evaluate_records(
+      det, records, shots=(2, 4), num_draws=2, max_queries=16, max_pool=8,
+      save_prompts=tmp_path / "sets")
+  assert set(res) == {"elpv"} and set(res["elpv"]) == {2, 4}
+  assert res["elpv"][4]["num_draws"] == 2
   saved = sorted((tmp_path / "sets").glob("*.npz"))
   assert len(saved) == 4
-  again = evaluate.main([
-      "--checkpoint", str(ckpt), "--dataset", "elpv", "--max-queries", "16",
-      "--prompt-set", str(saved[0]), "--out", str(tmp_path / "one.json")])
-  assert again == 0
-  one = json.loads((tmp_path / "one.json").read_text())["elpv"]
-  draw = res["elpv"]["2"]["draws"][0]
+  one = evaluate.evaluate_records(det, records, max_queries=16,
+                                  prompt_set=saved[0])["elpv"]
+  draw = res["elpv"][2]["draws"][0]
   np.testing.assert_allclose(one["auroc"], draw["auroc"])

@@ -19,7 +19,6 @@ import pytest
 
 import moeclip_jax
 import train_fixtures as tf
-from moeclip_jax.convert import common
 from moeclip_jax.methods.inctrl import data as data_lib
 from moeclip_jax.methods.inctrl import method as method_lib
 from moeclip_jax.methods.inctrl import model as model_lib
@@ -29,6 +28,7 @@ from moeclip_jax.sharding import partition
 from moeclip_jax.sharding import presets
 from moeclip_jax.train import loop
 from moeclip_jax.utils import tree as tree_utils
+from moeclip_jax.checkpoint import params as ckpt_params
 
 
 def tiny_config(data_root, **overrides):
@@ -208,7 +208,7 @@ def test_load_pretrained_openclip_towers_and_inctrl_checkpoint(tmp_path):
               for k in method_lib.TOWERS}
     scale = clip.abstract_params(method.clip_config)["logit_scale"]
     towers["logit_scale"] = np.zeros(np.shape(scale.value), np.float32)
-    config.backbone.checkpoint = str(common.write_params_checkpoint(
+    config.backbone.checkpoint = str(ckpt_params.write_params_checkpoint(
         tmp_path / "clip", towers, {"clip": method.clip_config.to_dict()},
         {}))
     method = method_lib.InCTRLMethod(config)
@@ -225,7 +225,7 @@ def test_load_pretrained_openclip_towers_and_inctrl_checkpoint(tmp_path):
                                     err_msg=name)
     # An InCTRL checkpoint (converter output / export) replaces everything.
     variables = jax.tree.map(lambda x: x - 0.5, fresh)
-    config.backbone.checkpoint = str(common.write_params_checkpoint(
+    config.backbone.checkpoint = str(ckpt_params.write_params_checkpoint(
         tmp_path / "inctrl", variables, method.checkpoint_config(), {}))
     loaded = _host(method_lib.InCTRLMethod(config).load_pretrained(params))
     for name, value in _host(variables).items():

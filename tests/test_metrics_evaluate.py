@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from moeclip_jax import metrics as metrics_cli
+from moeclip_jax.verbs import metrics as metrics_cli
 from moeclip_jax.eval import evaluate as evaluate_lib
 from moeclip_jax.eval import protocols
 from moeclip_jax.eval import reports

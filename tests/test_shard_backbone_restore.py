@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 
 import train_fixtures as tf
-from moeclip_jax.convert import common
 from moeclip_jax.methods import registry
 from moeclip_jax.models import clip
 from moeclip_jax.models import clip_config
 from moeclip_jax.sharding import partition
 from moeclip_jax.sharding import presets
 from moeclip_jax.utils import tree as tree_utils
+from moeclip_jax.checkpoint import params as ckpt_params
 
 
 @pytest.fixture(autouse=True)
@@ -25,7 +25,7 @@ def _reset_rules():
 def test_backbone_lands_in_fsdp_shards(tmp_path):
   ccfg = clip_config.get_config("tiny-test")
   backbone = clip.init_params(ccfg, jax.random.key(7))
-  ckpt = common.write_params_checkpoint(
+  ckpt = ckpt_params.write_params_checkpoint(
       tmp_path / "tiny_clip", backbone, {"clip": ccfg.to_dict()}, {})
   config = presets.apply(tf.tiny_config(tmp_path), "fsdp")
   config.backbone.checkpoint = str(ckpt)

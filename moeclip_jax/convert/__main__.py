@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from moeclip_jax.convert import anomalymoe_official
-from moeclip_jax.convert import clip_cli
-from moeclip_jax.convert import common
-from moeclip_jax.convert import hf_dinov2
-from moeclip_jax.convert import inctrl_official
-from moeclip_jax.convert import moeclip_official
+from moeclip_jax.convert import (
+  anomalymoe_official,
+  clip_cli,
+  common,
+  hf_dinov2,
+  inctrl_official,
+  moeclip_official,
+)
 
 # Explicit registry: every converter module exposes `register(subparsers)`.
 CONVERTERS = (clip_cli, moeclip_official, inctrl_official, hf_dinov2,

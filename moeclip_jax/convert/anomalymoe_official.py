@@ -26,8 +26,9 @@ from typing import Mapping
 
 import numpy as np
 
-from moeclip_jax.convert import common
-from moeclip_jax.convert import hf_dinov2
+from moeclip_jax.checkpoint import params as ckpt_params
+from moeclip_jax.convert import common, hf_dinov2
+from moeclip_jax.methods.anomalymoe import losses
 from moeclip_jax.methods.anomalymoe import model as model_lib
 
 GROUPS = ("patch_experts", "global_experts", "component_experts")
@@ -209,7 +210,6 @@ def convert_state(state: Mapping[str, np.ndarray],
   est = {k: v for k, v in state.items() if k.startswith("mi_estimator.")}
   est_params = None
   if est:
-    from moeclip_jax.methods.anomalymoe import losses  # pylint: disable=g-import-not-at-top
     est_params = common.apply_mapping(
         estimator_table(), est, losses.estimator_shapes(config.dims.width),
         source_name=source_name)
@@ -226,7 +226,7 @@ def convert_anomalymoe_official(checkpoint, dst, overwrite: bool = False):
   meta = {"method": "anomalymoe", "source": str(checkpoint),
           "source_format": "anomalymoe-official",
           "sha256": common.sha256_file(checkpoint)}
-  return common.write_params_checkpoint(
+  return ckpt_params.write_params_checkpoint(
       dst, tree, {"method": "anomalymoe", **config.to_dict()}, meta,
       overwrite=overwrite)
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pathlib
 
+from moeclip_jax.checkpoint import params as ckpt_params
 from moeclip_jax.convert import clip_convert
 from moeclip_jax.convert import common as C
-from moeclip_jax.models import clip_config
-from moeclip_jax.models import tokenize
+from moeclip_jax.models import clip_config, tokenize
 
 
 def _tokenizer_dir(explicit, source_dir):
@@ -23,7 +23,7 @@ def _tokenizer_dir(explicit, source_dir):
 
 def write_clip_checkpoint(dst, params, config, meta, tokenizer_dir,
                           overwrite=False):
-  return C.write_checkpoint_with_tokenizer(
+  return ckpt_params.write_checkpoint_with_tokenizer(
       dst, params, {"method": "clip", "clip": config.to_dict()}, meta,
       tokenizer_dir, overwrite)
 

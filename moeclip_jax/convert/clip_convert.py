@@ -20,9 +20,7 @@ import numpy as np
 
 from moeclip_jax.convert import clip_keys
 from moeclip_jax.convert import common as C
-from moeclip_jax.models import clip
-from moeclip_jax.models import clip_config
-from moeclip_jax.models import posemb
+from moeclip_jax.models import clip, clip_config, posemb
 
 
 # ---- reading files -------------------------------------------------------------

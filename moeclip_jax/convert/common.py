@@ -1,4 +1,4 @@
-"""Shared conversion machinery: mapping tables, coverage checks, checkpoints.
+"""Shared conversion machinery: mapping tables and coverage checks.
 
 A mapping table is data: `{target_path: (source_key, hook)}` where
 `target_path` is a '/'-joined Flax params path and `hook` a small transform
@@ -9,21 +9,17 @@ or fails with one sorted report of what is missing, unused or mis-shaped.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import pathlib
-import shutil
-import tempfile
 from typing import Any, Callable, Mapping
 
 import numpy as np
+
+from moeclip_jax.checkpoint import params as ckpt_params
 
 Hook = Callable[[np.ndarray], np.ndarray]
 Table = Mapping[str, tuple[str, Hook]]
 
 
-class ConversionError(ValueError):
+class ConversionError(ckpt_params.CheckpointError):
   """A checkpoint does not fit the target model; the message lists why."""
 
 
@@ -136,108 +132,4 @@ def apply_mapping(
   return unflatten(flat)
 
 
-def sha256_file(path, chunk: int = 1 << 22) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    while block := f.read(chunk):
-      h.update(block)
-  return h.hexdigest()
-
-
-# ---- checkpoints -------------------------------------------------------------
-def _write_json(path: pathlib.Path, obj) -> None:
-  path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-
-
-def write_params_checkpoint(
-    dst, params, config: Mapping[str, Any], meta: Mapping[str, Any],
-    tokenizer_dir=None, overwrite: bool = False,
-) -> pathlib.Path:
-  """Writes `dst/{params/, config.json, meta.json, tokenizer/}` atomically.
-
-  Everything is written into a temporary sibling folder first and renamed
-  into place at the end, so an interrupted conversion never leaves a
-  half-written checkpoint at `dst`.
-  """
-  dst = pathlib.Path(dst).absolute()
-  if dst.exists() and any(dst.iterdir()) and not overwrite:
-    raise FileExistsError(f"{dst}: exists and is not empty (use --overwrite)")
-  dst.parent.mkdir(parents=True, exist_ok=True)
-  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
-  try:
-    ckptr = _single_writer_checkpointer()
-    ckptr.save(tmp / "params", params)
-    ckptr.wait_until_finished()
-    _write_json(tmp / "config.json", dict(config))
-    _write_json(tmp / "meta.json", dict(meta))
-    if tokenizer_dir is not None:
-      shutil.copytree(tokenizer_dir, tmp / "tokenizer")
-    if dst.exists():
-      shutil.rmtree(dst)
-    os.replace(tmp, dst)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
-  return dst
-
-
-def _single_writer_checkpointer():
-  """A StandardCheckpointer; with several processes, process 0 writes alone
-  (the caller already runs only there), so orbax must not wait on the
-  others at its barriers."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-
-  if jax.process_count() == 1:
-    return ocp.StandardCheckpointer()
-  options = ocp.options.MultiprocessingOptions(primary_host=0,
-                                               active_processes={0})
-  return ocp.StandardCheckpointer(multiprocessing_options=options)
-
-
-def read_params_checkpoint(path, abstract=None):
-  """Restores `path/params`; `abstract` (shape tree, may carry shardings)."""
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-
-  params_dir = pathlib.Path(path).absolute() / "params"
-  if not params_dir.is_dir():
-    raise FileNotFoundError(f"{params_dir}: no params checkpoint")
-  ckptr = ocp.StandardCheckpointer()
-  if abstract is None:
-    return ckptr.restore(params_dir)
-  abstract = nn.unbox(abstract)
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  abstract = jax.tree.map(
-      lambda x: x if getattr(x, "sharding", None) is not None
-      else jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-      abstract,
-  )
-  try:
-    return ckptr.restore(params_dir, abstract)
-  except (ValueError, KeyError) as e:
-    raise ConversionError(
-        f"{params_dir}: checkpoint does not match the model config: {e}"
-    ) from e
-
-
-def write_checkpoint_with_tokenizer(dst, params, config, meta, tokenizer=None,
-                                   overwrite: bool = False) -> pathlib.Path:
-  """`write_params_checkpoint` plus only the BPE files of `tokenizer`.
-
-  `tokenizer`: a folder with vocab.json + merges.txt (a HF folder's other
-  files, weights included, are not copied); default: the packaged BPE.
-  """
-  from moeclip_jax.models import tokenize  # pylint: disable=g-import-not-at-top
-
-  src = pathlib.Path(tokenizer or tokenize.packaged_tokenizer_dir())
-  with tempfile.TemporaryDirectory() as tmp:
-    tok = pathlib.Path(tmp) / "tokenizer"
-    tok.mkdir()
-    for name in tokenize.TOKENIZER_FILES:
-      if not (src / name).is_file():
-        raise FileNotFoundError(f"{src / name}: tokenizer file missing")
-      shutil.copy2(src / name, tok / name)
-    return write_params_checkpoint(dst, params, config, meta,
-                                   tokenizer_dir=tok, overwrite=overwrite)
+sha256_file = ckpt_params.sha256_file  # recorded in meta.json

@@ -29,6 +29,7 @@ from typing import Mapping
 
 import numpy as np
 
+from moeclip_jax.checkpoint import params as ckpt_params
 from moeclip_jax.convert import common
 from moeclip_jax.models import dinov2
 
@@ -224,7 +225,7 @@ def convert_hf_dinov2(src, dst, interpolation: str = "hf",
   hf_config, state = load_hf_folder(src)
   params, config = params_from_hf(hf_config, state, interpolation, str(src))
   meta = {"model": "dinov2", "source": str(src), "source_format": "hf"}
-  return common.write_params_checkpoint(
+  return ckpt_params.write_params_checkpoint(
       dst, params, {"model": "dinov2", **config.to_dict()}, meta,
       overwrite=overwrite)
 
@@ -309,20 +310,9 @@ def convert_official_dinov2(src, dst, interpolation: str = "official",
   params, config = params_from_official(
       state, interpolation=interpolation, source_name=str(src))
   meta = {"model": "dinov2", "source": str(src), "source_format": "official"}
-  return common.write_params_checkpoint(
+  return ckpt_params.write_params_checkpoint(
       dst, params, {"model": "dinov2", **config.to_dict()}, meta,
       overwrite=overwrite)
-
-
-def load_checkpoint(path):
-  """Converted checkpoint dir -> (DinoV2 module, params, DinoV2Config)."""
-  path = pathlib.Path(path)
-  cfg = json.loads((path / "config.json").read_text())
-  if cfg.pop("model", "dinov2") != "dinov2":
-    raise ValueError(f"{path}: not a DINOv2 checkpoint")
-  config = dinov2.DinoV2Config(**cfg)
-  params = common.read_params_checkpoint(path)
-  return dinov2.DinoV2(config), params, config
 
 
 # ----------------------------------------------------------------------------

@@ -35,8 +35,8 @@ from typing import Mapping
 import jax
 import numpy as np
 
-from moeclip_jax.convert import clip_convert
-from moeclip_jax.convert import clip_keys
+from moeclip_jax.checkpoint import params as ckpt_params
+from moeclip_jax.convert import clip_convert, clip_keys
 from moeclip_jax.convert import common as C
 from moeclip_jax.methods.inctrl import model as inctrl_model
 from moeclip_jax.models import posemb
@@ -225,7 +225,7 @@ def convert_inctrl_official(
          "inctrl": {"feature_layers": list(feature_layers),
                     "adapter_reduction": 4,
                     "text_scale": 100.0}}
-  return C.write_checkpoint_with_tokenizer(dst, variables, cfg, meta,
+  return ckpt_params.write_checkpoint_with_tokenizer(dst, variables, cfg, meta,
                                           tokenizer, overwrite)
 
 

@@ -43,6 +43,8 @@ from typing import Mapping
 
 import numpy as np
 
+from moeclip_jax.checkpoint import params as ckpt_params
+from moeclip_jax.convert import clip_convert
 from moeclip_jax.convert import common as C
 from moeclip_jax.methods.moeclip import config as config_lib
 
@@ -125,7 +127,6 @@ def stack_experts(
 
 def adapter_state(image_sd: Mapping, text_sd: Mapping) -> dict:
   """Official adapter state dicts -> one prefixed {key: ndarray} dict."""
-  from moeclip_jax.convert import clip_convert  # pylint: disable=g-import-not-at-top
 
   state = {}
   for prefix, sd in ((IMAGE_PREFIX, image_sd), (TEXT_PREFIX, text_sd)):
@@ -294,7 +295,6 @@ def convert_moeclip_official(
   Returns:
     The written folder.
   """
-  from moeclip_jax.convert import clip_convert  # pylint: disable=g-import-not-at-top
 
   clip_src, adapter_path = pathlib.Path(clip_src), pathlib.Path(adapter_path)
   state = clip_convert.load_openclip_state_dict(clip_src)
@@ -319,7 +319,7 @@ def convert_moeclip_official(
   }
   config = {"method": "moeclip", "clip": ccfg.to_dict(),
             "moeclip": cfg.to_dict()}
-  return C.write_checkpoint_with_tokenizer(
+  return ckpt_params.write_checkpoint_with_tokenizer(
       dst, {**backbone, **adapters}, config, meta, tokenizer, overwrite)
 
 

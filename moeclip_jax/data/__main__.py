@@ -1,8 +1,7 @@
-"""Entry point: `python -m moeclip_jax.data {prepare,inspect} ...`."""
+"""`python -m moeclip_jax.data VERB ...`, same as `moeclip-jax data VERB`."""
 
 import sys
 
-from moeclip_jax.data import cli
+from moeclip_jax import cli
 
-if __name__ == "__main__":
-  sys.exit(cli.main())
+sys.exit(cli.main(["data", *sys.argv[1:]]))

@@ -34,9 +34,7 @@ import grain
 import jax
 import numpy as np
 
-from moeclip_jax.data import sources
-from moeclip_jax.data import synthetic
-from moeclip_jax.data import transforms
+from moeclip_jax.data import sources, synthetic, transforms
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,9 +15,7 @@ import os
 from typing import Callable, Optional, Sequence
 
 import numpy as np
-from PIL import Image
-from PIL import ImageDraw
-from PIL import ImageFilter
+from PIL import Image, ImageDraw, ImageFilter
 
 DefectFn = Callable[[np.ndarray, np.random.Generator],
                     tuple[np.ndarray, np.ndarray]]

@@ -30,9 +30,7 @@ from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
-from moeclip_jax.data import checks
-from moeclip_jax.data import images
-from moeclip_jax.data import readers
+from moeclip_jax.data import checks, images, readers
 from moeclip_jax.data import records as rec
 
 NAME = "moeclip_ad"

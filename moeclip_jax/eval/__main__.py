@@ -1,5 +1,7 @@
-"""`python -m moeclip_jax.eval` (CLI glue; the eval library never imports
-models): lazily runs moeclip_jax.verbs.eval_cmd."""
+"""`python -m moeclip_jax.eval`, same as `moeclip-jax eval`."""
+
 import sys
-from moeclip_jax.verbs import eval_cmd  # pylint: disable=g-import-not-at-top
-sys.exit(eval_cmd.main())
+
+from moeclip_jax import cli
+
+sys.exit(cli.main(["eval", *sys.argv[1:]]))

@@ -15,10 +15,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from moeclip_jax.eval import aupro as aupro_lib
-from moeclip_jax.eval import metrics
-from moeclip_jax.eval import protocols
-from moeclip_jax.eval import reports
-from moeclip_jax.eval import streaming
+from moeclip_jax.eval import metrics, protocols, reports, streaming
 
 ENGINE_VERSION = "1"
 MODES = ("auto", "exact", "streaming")

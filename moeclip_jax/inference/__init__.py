@@ -1,6 +1,9 @@
-"""Method-agnostic runtime shared by the verbs and the benchmark runner.
+"""Method-agnostic inference runtime shared by the detectors and the verbs.
 
-Never imports methods, train or verbs: it works on any detector object with
-the Detector protocol (`eval_runs`, `run_facts`, `default_protocol`,
-`domain`, `checkpoint_dir`).
+  runner       jitted, sharded prediction over dataset records; image
+               batches; the map back onto the original image
+  calibration  thresholds and per-class statistics (calibration.json)
+  overlay      heatmap colouring and overlay panels
+
+Never imports methods/, train/ or verbs/: methods build on it.
 """

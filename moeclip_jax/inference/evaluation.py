@@ -1,71 +1,150 @@
-"""The eval core: records -> `detector.eval_runs` -> metrics reports.
+"""The eval core: a detector over a dataset's records -> metrics reports.
 
-`moeclip-jax eval` and `moeclip-jax benchmark` both evaluate through
-`evaluate_runs`; what they write around it (report files, overlays, a
-results store) is theirs. One report per run: one run per InCTRL prompt
-draw, one run otherwise.
+  evaluate_detector(detector, spec, out, protocol)
+    records (runner.scan_all / scan_records) -> detector.eval_runs (one run,
+    or one per InCTRL prompt draw) -> eval.evaluate per run -> draws
+    aggregated (mean +- std) when the runs are prompt draws -> metrics.json
+    / csv, protocol.json, details.json, overlays, TensorBoard scalars.
+
+The `eval` verb and the benchmark runner both call it; nothing here names
+a method.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import pathlib
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
+from moeclip_jax.eval import draws, reports
 from moeclip_jax.eval import evaluate as eval_lib
+from moeclip_jax.inference import overlay, runner
+from moeclip_jax.utils import images as image_utils
+from moeclip_jax.utils import io
 
-HASH_MAX_FILE_BYTES = 1 << 20  # only config / metadata files are hashed
+EXTRA_KEYS = ("std", "prompt_draws")
 
 
 def checkpoint_hash(checkpoint_dir) -> str:
-  """sha256 (16 hex) of the checkpoint's small files (config, metadata)."""
+  """sha256 of the checkpoint's config.json and params metadata files."""
   digest = hashlib.sha256()
   root = pathlib.Path(checkpoint_dir)
   for path in sorted(root.rglob("*")):
-    if path.is_file() and path.stat().st_size < HASH_MAX_FILE_BYTES:
+    if path.is_file() and path.stat().st_size < (1 << 20):
       digest.update(path.relative_to(root).as_posix().encode())
       digest.update(path.read_bytes())
   return digest.hexdigest()[:16]
 
 
-def evaluate_pred(pred: Mapping[str, Any], protocol: str,
-                  domain: str | None, meta: Mapping[str, Any]
-                  ) -> dict[str, Any]:
-  """The metrics report (metrics.json schema) of one `eval_runs` output;
-  pixel metrics only when some image has a mask."""
+def evaluate_detector(detector, spec: runner.DatasetSpec, out,
+                      protocol: str | None = None, batch_size: int = 8,
+                      map_size: int | None = None,
+                      overlays_per_class: int = 4) -> dict[str, Any]:
+  """Predicts, evaluates and writes every report file; returns the report.
+
+  `detector`: what `load_detector(dir, **method_options)` returns.
+  """
+  out = pathlib.Path(out)
+  protocol = protocol or detector.default_protocol
+  all_records = runner.scan_all(spec)
+  records = runner.scan_records(spec, all_records)
+  meta = {"checkpoint": str(detector.checkpoint_dir),
+          "checkpoint_hash": checkpoint_hash(detector.checkpoint_dir),
+          "dataset": spec.name, "root": spec.root, "split": spec.split,
+          **detector.run_facts()}
+  runs, first = [], None
+  for pred, facts in detector.eval_runs(records, all_records, batch_size,
+                                        map_size):
+    runs.append((_evaluate(pred, protocol, detector.domain,
+                           {**meta, **facts}), facts))
+    first = first or pred
+  report = _combine(runs, meta, out)
+  write_all_reports(report, out)
+  write_overlays(first, records, out / "overlays", overlays_per_class,
+                 detector.map_to_image)
+  tensorboard_scalars(out / "tb", {f"eval/{k}": v for k, v in
+                                   report["mean"].items()})
+  return report
+
+
+def _combine(runs, meta, out) -> dict[str, Any]:
+  """One run's report, or the mean +- std of prompt-draw runs (their facts
+  carry "draw"); each draw's reports go to out/draws/draw_i."""
+  if not any("draw" in facts for _, facts in runs):
+    return runs[0][0]
+  report = draws.aggregate([r for r, _ in runs], [f for _, f in runs],
+                           meta.get("shots"))
+  if len(runs) > 1:
+    for i, (r, _) in enumerate(runs):
+      reports.write_reports(r, str(out / "draws" / f"draw_{i}"))
+  return report
+
+
+def _evaluate(pred, protocol, domain, meta) -> dict[str, Any]:
   names = np.asarray(pred["class_names"])[pred["class_ids"]]
-  with_masks = bool(np.asarray(pred["has_mask"]).any())
+  with_masks = bool(pred["has_mask"].any())
   return eval_lib.evaluate(
       pred["image_scores"], pred["labels"], names,
       anomaly_maps=pred["maps"] if with_masks else None,
       masks=(pred["masks"] > 0.5) if with_masks else None,
-      protocol=protocol, domains=domain, metadata=dict(meta))
+      protocol=protocol, domains=domain, metadata=meta)
 
 
-def evaluate_runs(detector, records: Sequence[Any],
-                  all_records: Sequence[Any] | None = None,
-                  protocol: str | None = None, batch_size: int = 8,
-                  map_size: int | None = None,
-                  meta: Mapping[str, Any] | None = None
-                  ) -> Iterator[tuple[dict[str, Any], dict, dict]]:
-  """Yields (report, run facts, predictions) for every run of `detector`.
+def write_all_reports(report, out) -> None:
+  """metrics.json/csv, protocol.json, details.json; metrics.json also
+  gets "std" and "prompt_draws" when the report has them."""
+  paths = reports.write_reports(report, str(out))
+  extra = {k: report[k] for k in EXTRA_KEYS if k in report}
+  if extra:
+    path = pathlib.Path(paths["metrics"])
+    metrics = json.loads(path.read_text())
+    io.write_text(path, json.dumps({**metrics, **extra}, indent=2,
+                                   allow_nan=False) + "\n")
 
-  Args:
-    detector: anything with the Detector protocol's `eval_runs`,
-      `run_facts`, `default_protocol`, `domain` and `checkpoint_dir`.
-    records: the records to score; `all_records` every record of the
-      dataset (InCTRL draws its prompts from the normal train images).
-    protocol: metrics protocol (default: the detector's).
-    meta: extra run facts for the report's protocol.json.
+
+def _sample(pred, cid: int, per_class: int) -> list[int]:
+  """Up to per_class positions: anomalous first half, normal second."""
+  sel = np.flatnonzero(pred["class_ids"] == cid)
+  bad = [i for i in sel if pred["labels"][i] == 1][:(per_class + 1) // 2]
+  good = [i for i in sel if pred["labels"][i] == 0]
+  return bad + good[:per_class - len(bad)]
+
+
+def write_overlays(pred, records, folder, per_class: int,
+                   to_image=overlay.resize_map) -> list[str]:
+  """[original | heatmap | contour] PNGs of a sample per class.
+
+  Maps are shown after the class's joint min-max (the protocol's view);
+  the contour is drawn at 0.5 of that range. `to_image(map, (H, W))`
+  puts a model-size map on the original image.
   """
-  protocol = protocol or detector.default_protocol
-  base = {"checkpoint": str(detector.checkpoint_dir),
-          "checkpoint_hash": checkpoint_hash(detector.checkpoint_dir),
-          **dict(meta or {}), **detector.run_facts()}
-  for pred, facts in detector.eval_runs(records, all_records, batch_size,
-                                        map_size):
-    report = evaluate_pred(pred, protocol, detector.domain,
-                           {**base, **facts})
-    yield report, facts, pred
+  written = []
+  for cid, name in enumerate(pred["class_names"]):
+    sel = pred["class_ids"] == cid
+    lo, hi = pred["maps"][sel].min(), pred["maps"][sel].max()
+    for i in _sample(pred, cid, per_class):
+      record = records[int(pred["index"][i])]
+      image = image_utils.load_rgb(record.image_path)
+      shown = to_image((pred["maps"][i] - lo) / max(hi - lo, 1e-12),
+                       image.shape[:2])
+      tag = "anomalous" if pred["labels"][i] else "normal"
+      stem = pathlib.Path(record.image_path).stem
+      target = pathlib.Path(folder) / name / f"{tag}_{stem}_{i}.png"
+      path = overlay.save_png(target, overlay.panels(image, shown, 0.5))
+      written.append(str(path))
+  return written
+
+
+def tensorboard_scalars(log_dir, scalars: dict, step: int = 0) -> None:
+  """Writes finite scalars (TensorBoard event file) with tensorboardX."""
+  import tensorboardX  # pylint: disable=g-import-not-at-top
+  writer = tensorboardX.SummaryWriter(str(log_dir))
+  try:
+    for key, value in scalars.items():
+      if value is not None:
+        writer.add_scalar(key, float(value), step)
+  finally:
+    writer.close()

@@ -1,6 +1,7 @@
-"""The seam between one generic trainer and each method.
+"""The two seams every method implements: `Method` (training) and
+`Detector` (inference).
 
-A method object exposes (names the trainer relies on):
+Training: a method object exposes (names the trainer relies on):
 
   name                     "moeclip", "inctrl", ...
   preprocess               data preprocessing preset/mapping for the pipeline
@@ -30,13 +31,23 @@ Optional (the trainer uses a default when absent):
                            eval_batch_size
   domain                   "industrial" | "medical" (metrics protocol)
 
-Methods never import the trainer.
+Inference: `Detector` (methods/<m>/detector.py, listed in
+registry.DETECTORS) is what `load_detector(dir, **method_options)` returns
+and what every verb (eval, predict, calibrate, export) calls; the verbs name
+no method. See the `Detector` protocol below for its members.
+
+Methods never import the trainer or the verbs.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Protocol
+import pathlib
+from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
+
+import numpy as np
+
+from moeclip_jax.inference import runner
 
 
 class Method(Protocol):
@@ -52,6 +63,193 @@ class Method(Protocol):
   def loss_fn(self, params, batch, context, rng): ...
   def predict_fn(self, params, batch, context): ...
   def checkpoint_config(self) -> dict: ...
+
+
+# ---- inference ---------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Option:
+  """One method flag of the verbs (`cli_options()`): `--flag` -> `dest`.
+
+  `verbs`: the verbs that take it; `kwargs`: argparse's (type, nargs,
+  choices, ...). Every option defaults to None (= not given).
+  """
+
+  flag: str
+  help: str
+  verbs: tuple[str, ...] = ("eval", "predict", "calibrate", "export",
+                            "serve", "benchmark")
+  kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+  @property
+  def dest(self) -> str:
+    return self.flag.lstrip("-").replace("-", "_")
+
+
+class Predictions(Mapping):
+  """What `Detector.predict` returns, for a batch of B images.
+
+  image_score  float32[B], the method's own image score (before any
+               calibration fusion)
+  anomaly_map  float32[B, H, W] at the input images' size (a list of
+               [H_i, W_i] maps when the sizes differ)
+  level_maps   optional per-level maps {name: [B, H, W]} (AnomalyMoE's
+               patch / global / component)
+  extras       optional method outputs (e.g. "component_masks")
+
+  Dict access (`out["anomaly_map"]`, `out["image_score"]`, extras by name)
+  is kept for the earlier dict-returning API.
+  """
+
+  def __init__(self, image_score, anomaly_map, level_maps=None, **extras):
+    self.image_score = np.asarray(image_score)
+    self.anomaly_map = anomaly_map
+    self.level_maps = dict(level_maps or {})
+    self.extras = extras
+
+  def _fields(self) -> dict:
+    return {"image_score": self.image_score, "anomaly_map": self.anomaly_map,
+            **self.extras}
+
+  def __getitem__(self, key):
+    return self._fields()[key]
+
+  def __iter__(self):
+    return iter(self._fields())
+
+  def __len__(self):
+    return len(self._fields())
+
+
+class Detector(Protocol):
+  """A loaded checkpoint of one method, as every verb uses it.
+
+  Attributes:
+    method: "moeclip" | "inctrl" | "anomalymoe" (config.json's "method").
+    image_size: the model's input side S.
+    preprocess: the data-pipeline preset of its input (`data.transforms`).
+    checkpoint_dir: the folder it was loaded from.
+    domain: "industrial" | "medical" | None (metrics protocol).
+    default_protocol: the eval protocol used when none is given.
+    score_fusion: None, or fn(normalised maps [N, H, W], normalised scores
+      [N]) -> final scores (MoECLIP's domain rule) used with calibration.
+  """
+
+  method: str
+  image_size: int
+  preprocess: Any
+  checkpoint_dir: pathlib.Path
+  domain: str | None
+  default_protocol: str
+  score_fusion: Callable | None
+
+  @classmethod
+  def load(cls, checkpoint_dir, **method_options) -> "Detector": ...
+
+  @classmethod
+  def cli_options(cls) -> Sequence[Option]:
+    """The method's own flags, with their help (InCTRL --shots, ...)."""
+
+  def predict(self, images, class_names=None, **method_options
+              ) -> Predictions:
+    """uint8 [B, H, W, 3] (any size; or a list) -> maps at the input size."""
+
+  def predict_images(self, images: Sequence[np.ndarray], class_name: str,
+                     batch_size: int = 8, entry: dict | None = None,
+                     desc: str | None = "predict"
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Raw maps float32[N, S, S] at the model size and scores float32[N]
+    of uint8 images of one class, in fixed-size jitted batches; `entry`:
+    the class's calibration entry."""
+
+  def map_to_image(self, amap: np.ndarray, hw) -> np.ndarray:
+    """A model-size map [S, S] -> the original image's [H, W]."""
+
+  def eval_runs(self, records, all_records, batch_size: int = 8,
+                map_size: int | None = None
+                ) -> Iterator[tuple[dict, dict]]:
+    """Dataset runs: (runner.predict_dataset output + "class_names", run
+    facts); one run per InCTRL prompt draw, one otherwise."""
+
+  def begin_predict(self, paths, class_name: str, entry: dict | None,
+                    out=None) -> dict:
+    """Prepares loose-image prediction of one class (InCTRL prompts,
+    AnomalyMoE statistics); returns facts for the summary."""
+
+  def calibration_entry(self, images, class_name: str,
+                        batch_size: int = 8) -> dict:
+    """Statistics `predict_images` needs, from normal images (calibrate)."""
+
+  def calibration_extras(self, pred: dict | None, cid: int | None) -> dict:
+    """Per-class facts stored beside the thresholds."""
+
+  def run_facts(self) -> dict:
+    """Facts recorded in protocol.json."""
+
+  def export_fn(self, class_names: Sequence[str], calibration: dict | None):
+    """The `inference.export.ExportSpec` that `export` lowers."""
+
+
+class DetectorBase:
+  """Defaults shared by the detectors (each overrides what differs)."""
+
+  method = "?"
+  default_protocol = "raw"
+  score_fusion = None
+  domain = None
+  accepted_options: frozenset = frozenset()
+  checkpoint_dir: pathlib.Path
+  preprocess: Any = None
+  image_size = 0
+
+  @classmethod
+  def cli_options(cls) -> Sequence[Option]:
+    return ()
+
+  @classmethod
+  def check_options(cls, checkpoint_dir, options: Mapping[str, Any]) -> None:
+    """ValueError naming the given flags this method does not use."""
+    bad = sorted("--" + k.replace("_", "-") for k, v in options.items()
+                 if v is not None and k not in cls.accepted_options)
+    if bad:
+      raise ValueError(f"{checkpoint_dir}: {', '.join(bad)} not used by "
+                       f"{cls.method} detectors (see docs/cli.md, 'Methods')")
+
+  def run_facts(self) -> dict:
+    return {"method": self.method}
+
+  def begin_predict(self, paths, class_name, entry, out=None) -> dict:
+    del paths, class_name, entry, out
+    return {}
+
+  def map_to_image(self, amap, hw):
+    return runner.map_to_image(amap, hw, self.preprocess)
+
+  def calibration_entry(self, images, class_name, batch_size=8) -> dict:
+    del images, class_name, batch_size
+    return {}
+
+  def calibration_extras(self, pred, cid) -> dict:
+    del pred, cid
+    return {}
+
+  def predict_images(self, images, class_name, batch_size=8, entry=None,
+                     desc="predict"):
+    """`runner.batched` over `predict_pixels` (the method's forward)."""
+    self.begin_images(images, class_name, entry, batch_size)
+    return runner.batched(
+        images, self.image_size, batch_size,
+        lambda chunk: self.predict_pixels(
+            runner.prepare_images(chunk, self.preprocess), class_name,
+            entry), desc)
+
+  def begin_images(self, images, class_name, entry, batch_size) -> None:
+    """Hook before `predict_images` scores `images` (default: nothing)."""
+    del images, class_name, entry, batch_size
+
+  def predict_pixels(self, pixels, class_name, entry):
+    """Normalised float32[B, S, S, 3] -> {"anomaly_map" [B, S, S],
+    "image_score" [B]} (model size)."""
+    raise NotImplementedError
 
 
 def dataclass_from_config(cls, cfg: Any):

@@ -1,29 +1,33 @@
-"""Explicit method registry: name -> trainer method class."""
+"""The method tables: name -> trainer method class, name -> detector class.
+
+Adding a method is one line in each table (plus its package under
+methods/ and a config); the trainer, the verbs and `load_detector` look
+methods up here and nowhere else.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
-
-def _moeclip(config):
-  from moeclip_jax.methods.moeclip import method  # pylint: disable=g-import-not-at-top
-  return method.MoECLIPMethod(config)
-
-
-def _inctrl(config):
-  from moeclip_jax.methods.inctrl import method  # pylint: disable=g-import-not-at-top
-  return method.InCTRLMethod(config)
-
-
-def _anomalymoe(config):
-  from moeclip_jax.methods.anomalymoe import method  # pylint: disable=g-import-not-at-top
-  return method.AnomalyMoEMethod(config)
-
+from moeclip_jax.checkpoint import params as ckpt_params
+from moeclip_jax.methods import base
+from moeclip_jax.methods.anomalymoe import detector as anomalymoe_detector
+from moeclip_jax.methods.anomalymoe import method as anomalymoe_method
+from moeclip_jax.methods.inctrl import detector as inctrl_detector
+from moeclip_jax.methods.inctrl import method as inctrl_method
+from moeclip_jax.methods.moeclip import detector as moeclip_detector
+from moeclip_jax.methods.moeclip import method as moeclip_method
 
 METHODS = {
-    "moeclip": _moeclip,
-    "inctrl": _inctrl,
-    "anomalymoe": _anomalymoe,
+    "moeclip": moeclip_method.MoECLIPMethod,
+    "inctrl": inctrl_method.InCTRLMethod,
+    "anomalymoe": anomalymoe_method.AnomalyMoEMethod,
+}
+
+DETECTORS = {
+    "moeclip": moeclip_detector.MoECLIPDetector,
+    "inctrl": inctrl_detector.InCTRLDetector,
+    "anomalymoe": anomalymoe_detector.AnomalyMoEDetector,
 }
 
 
@@ -34,22 +38,36 @@ def make_method(config: Any):
   return METHODS[name](config)
 
 
-def load_detector(checkpoint_dir, **kwargs):
-  """Detector for a checkpoint folder; the method comes from its config.json."""
-  import json  # pylint: disable=g-import-not-at-top
-  import pathlib  # pylint: disable=g-import-not-at-top
+def detector_class(checkpoint_dir) -> type:
+  """The detector class of a checkpoint folder (config.json's "method")."""
+  method = ckpt_params.checkpoint_method(checkpoint_dir)
+  if method not in DETECTORS:
+    raise ValueError(f"{checkpoint_dir}: method {method!r} has no detector "
+                     f"(known: {sorted(DETECTORS)})")
+  return DETECTORS[method]
 
-  path = pathlib.Path(checkpoint_dir) / "config.json"
-  if not path.is_file():
-    raise FileNotFoundError(f"{path}: missing (not a detector checkpoint?)")
-  method = json.loads(path.read_text()).get("method")
-  if method == "moeclip":
-    from moeclip_jax.methods.moeclip import detector  # pylint: disable=g-import-not-at-top
-    return detector.MoECLIPDetector.load(checkpoint_dir, **kwargs)
-  if method == "anomalymoe":
-    from moeclip_jax.methods.anomalymoe import detector  # pylint: disable=g-import-not-at-top
-    return detector.AnomalyMoEDetector.load(checkpoint_dir, **kwargs)
-  if method == "inctrl":
-    from moeclip_jax.methods.inctrl import detector  # pylint: disable=g-import-not-at-top
-    return detector.InCTRLDetector.load(checkpoint_dir, **kwargs)
-  raise ValueError(f"{path}: method {method!r} has no detector")
+
+def load_detector(checkpoint_dir, **method_options):
+  """Detector for a checkpoint folder; the method comes from its config.json.
+
+  `method_options` are the method's own options (`cli_options()` dests,
+  e.g. shots=4, minmax="test"); a given option the method does not use is
+  an error that names it.
+  """
+  return detector_class(checkpoint_dir).load(checkpoint_dir, **method_options)
+
+
+def cli_options(verb: str) -> list[tuple[str, Sequence[base.Option]]]:
+  """[(method, its options for `verb`)], each flag once (first method)."""
+  seen, out = set(), []
+  for method, cls in DETECTORS.items():
+    options = [o for o in cls.cli_options()
+               if verb in o.verbs and o.flag not in seen]
+    seen.update(o.flag for o in options)
+    if options:
+      out.append((method, options))
+  return out
+
+
+def option_dests() -> set[str]:
+  return {o.dest for cls in DETECTORS.values() for o in cls.cli_options()}

@@ -19,8 +19,6 @@ Token layout of the vision tower: [CLS, patches in raster order].
 
 from __future__ import annotations
 
-import json
-import pathlib
 from typing import Callable, Iterable
 
 import flax.linen as nn
@@ -264,37 +262,3 @@ def abstract_params(config: clip_config.CLIPConfig):
   return jax.eval_shape(
       CLIP(config).init, jax.random.key(0), pixels, ids
   )["params"]
-
-
-def read_config(checkpoint_dir) -> clip_config.CLIPConfig:
-  """The CLIPConfig stored in a converted checkpoint's config.json."""
-  config_file = pathlib.Path(checkpoint_dir) / "config.json"
-  if not config_file.is_file():
-    raise FileNotFoundError(
-        f"{config_file}: no config.json (not a converted checkpoint?)")
-  raw = json.loads(config_file.read_text())
-  if "clip" not in raw and "vision" not in raw:
-    raise ValueError(f"{config_file}: holds no CLIP config")
-  return clip_config.CLIPConfig.from_dict(raw.get("clip", raw))
-
-
-def load(checkpoint_dir, *, dtype: str | None = None):
-  """Loads a converted checkpoint.
-
-  Args:
-    checkpoint_dir: output folder of `python -m moeclip_jax.convert ...`.
-    dtype: optional compute dtype override ("bfloat16" opt-in).
-
-  Returns:
-    (module: CLIP, params, config: CLIPConfig, tokenizer or None)
-  """
-  from moeclip_jax.convert import common  # pylint: disable=g-import-not-at-top
-  from moeclip_jax.models import tokenize  # pylint: disable=g-import-not-at-top
-
-  path = pathlib.Path(checkpoint_dir)
-  config = read_config(path)
-  if dtype is not None:
-    config = config.replace(dtype=dtype)
-  params = common.read_params_checkpoint(path, abstract=abstract_params(config))
-  tok = tokenize.load_tokenizer(path / "tokenizer") if (path / "tokenizer").is_dir() else None
-  return CLIP(config), params, config, tok

@@ -202,7 +202,10 @@ def interpolate_pos_embed(
 # ----------------------------------------------------------------------------
 
 
-def _init(names, init=nn.initializers.normal(0.02)):
+_NORMAL_002 = nn.initializers.normal(0.02)
+
+
+def _init(names, init=_NORMAL_002):
   return nn.with_logical_partitioning(init, names)
 
 

@@ -185,3 +185,11 @@ def gather_rows(tree) -> Any:
     return tree
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def data_parallel_per_process(mesh) -> int:
+  """Devices the batch axis is split over, per process."""
+  size = 1
+  for axis in batch_sharding(mesh).spec[0]:
+    size *= mesh.shape[axis]
+  return max(1, size // jax.process_count())

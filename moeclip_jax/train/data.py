@@ -18,10 +18,8 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from moeclip_jax.data import pipeline
-from moeclip_jax.data import readers
+from moeclip_jax.data import pipeline, readers, sources
 from moeclip_jax.data import records as rec
-from moeclip_jax.data import sources
 
 log = logging.getLogger("moeclip_jax.train")
 

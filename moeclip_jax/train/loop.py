@@ -22,11 +22,8 @@ import tqdm
 from moeclip_jax.checkpoint import manager as ckpt_lib
 from moeclip_jax.checkpoint import paths
 from moeclip_jax.methods import registry
-from moeclip_jax.optim import masks
-from moeclip_jax.optim import optimizers
-from moeclip_jax.sharding import multihost
-from moeclip_jax.sharding import partition
-from moeclip_jax.sharding import presets
+from moeclip_jax.optim import masks, optimizers
+from moeclip_jax.sharding import multihost, partition, presets
 from moeclip_jax.train import data as data_lib
 from moeclip_jax.train import evaluator
 from moeclip_jax.train import state as state_lib
@@ -234,12 +231,7 @@ def loop(run: Run) -> None:
     signal.signal(signal.SIGTERM, previous)
 
 
-def data_parallel_per_process(mesh) -> int:
-  """Devices the batch axis is split over, per process."""
-  size = 1
-  for axis in partition.batch_sharding(mesh).spec[0]:
-    size *= mesh.shape[axis]
-  return max(1, size // jax.process_count())
+data_parallel_per_process = partition.data_parallel_per_process
 
 
 def train(config, workdir) -> Run:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+from typing import Sequence
 
 import numpy as np
 
@@ -12,8 +13,10 @@ CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
 
 def load_rgb(path):
   """Reads any PIL-readable image as RGB uint8 [H, W, 3]; names the file on error."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  from PIL import UnidentifiedImageError  # pylint: disable=g-import-not-at-top
+  from PIL import (
+    Image,  # pylint: disable=g-import-not-at-top
+    UnidentifiedImageError,  # pylint: disable=g-import-not-at-top
+  )
 
   path = pathlib.Path(path)
   try:
@@ -50,3 +53,26 @@ def resize_center_crop(image: np.ndarray, size: int) -> np.ndarray:
 def clip_preprocess(image: np.ndarray, size: int) -> np.ndarray:
   """uint8 [H, W, 3] -> float32 [size, size, 3], normalised for CLIP."""
   return normalize(resize_center_crop(image, size))
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def list_images(inputs: Sequence[str]) -> tuple[list[pathlib.Path],
+                                                  list[str]]:
+  """Files (and image files found recursively under folders), sorted.
+
+  Returns:
+    (paths, problems): paths that do not exist are listed in `problems`.
+  """
+  paths, problems = [], []
+  for item in inputs:
+    p = pathlib.Path(item)
+    if p.is_dir():
+      paths += sorted(f for f in p.rglob("*") if f.is_file()
+                      and f.suffix.lower() in IMAGE_SUFFIXES)
+    elif p.is_file():
+      paths.append(p)
+    else:
+      problems.append(f"{p}: no such file or folder")
+  return paths, problems

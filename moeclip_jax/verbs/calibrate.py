@@ -12,12 +12,9 @@ from __future__ import annotations
 import logging
 import sys
 
-
+from moeclip_jax.inference import calibration, runner
 from moeclip_jax.utils import images as image_utils
-from moeclip_jax.verbs import adapters
-from moeclip_jax.verbs import calibration
 from moeclip_jax.verbs import common
-from moeclip_jax.verbs import inference
 
 log = logging.getLogger("moeclip_jax.verbs")
 
@@ -48,18 +45,14 @@ def build_parser():
                     help="target false-positive rate (default 0.01)")
   rule.add_argument("--f1", action="store_true",
                     help="F1-optimal threshold (labelled data only)")
-  p.add_argument("--domain", default=None,
-                 help="industrial | medical (MoECLIP)")
-  p.add_argument("--dataset-prompts", default=None,
-                 help="dataset whose prompt nouns to use (MoECLIP)")
   p.add_argument("--batch-size", type=int, default=8)
   p.add_argument("--replace", action="store_true",
                  help="drop classes calibrated earlier")
-  adapters.add_method_flags(p, "calibrate")
+  common.add_method_options(p, "calibrate")
   return p
 
 
-def _from_normal(adapter, args):
+def _from_normal(detector, args):
   paths, problems = common.list_images(args.normal)
   images = []
   for path in paths:
@@ -73,26 +66,26 @@ def _from_normal(adapter, args):
     raise ValueError(f"no readable images in {args.normal}")
   name = args.class_name or calibration.ANY_CLASS
   prompt_class = args.class_name or "object"
-  adapter.begin_predict(None, prompt_class, None)
-  extra = adapter.calibration_entry(images, prompt_class, args.batch_size)
-  raw_maps, scores = adapter.predict_images(
+  detector.begin_predict(None, prompt_class, None)
+  extra = detector.calibration_entry(images, prompt_class, args.batch_size)
+  raw_maps, scores = detector.predict_images(
       images, prompt_class, args.batch_size, extra or None, desc="calibrate")
-  entry = calibration.calibrate_class(raw_maps, scores, adapter.domain,
-                                      "quantile", args.fpr,
-                                      fuse=adapter.fuses_scores)
-  entry.update(extra, **adapter.calibration_extras(None, None))
+  entry = calibration.calibrate_class(raw_maps, scores,
+                                      detector.score_fusion, "quantile",
+                                      args.fpr)
+  entry.update(extra, **detector.calibration_extras(None, None))
   return {name: entry}, {"kind": "normal", "inputs": list(args.normal),
                          "skipped": problems}
 
 
-def _from_dataset(adapter, args):
+def _from_dataset(detector, args):
   if args.root is None and args.dataset != "elpv":
     raise ValueError("--dataset needs --root")
-  spec = inference.DatasetSpec(args.dataset, args.root, args.split,
+  spec = runner.DatasetSpec(args.dataset, args.root, args.split,
                                common.parse_class_names(args.class_names))
-  all_records = inference.scan_all(spec)
-  pred, _ = next(iter(adapter.eval_runs(
-      inference.scan_records(spec, all_records), all_records,
+  all_records = runner.scan_all(spec)
+  pred, _ = next(iter(detector.eval_runs(
+      runner.scan_records(spec, all_records), all_records,
       args.batch_size)))
   rule = "f1" if args.f1 else "fpr"
   classes = {}
@@ -100,10 +93,9 @@ def _from_dataset(adapter, args):
     sel = pred["class_ids"] == cid
     masks = pred["masks"][sel] if pred["has_mask"][sel].any() else None
     classes[name] = calibration.calibrate_class(
-        pred["maps"][sel], pred["image_scores"][sel], adapter.domain, rule,
-        args.fpr, labels=pred["labels"][sel], masks=masks,
-        fuse=adapter.fuses_scores)
-    classes[name].update(adapter.calibration_extras(pred, cid))
+        pred["maps"][sel], pred["image_scores"][sel], detector.score_fusion,
+        rule, args.fpr, labels=pred["labels"][sel], masks=masks)
+    classes[name].update(detector.calibration_extras(pred, cid))
   return classes, {"kind": "dataset", "dataset": args.dataset,
                    "root": args.root, "split": args.split}
 
@@ -111,24 +103,22 @@ def _from_dataset(adapter, args):
 def run(args) -> dict:
   """Loads the detector, calibrates, writes calibration.json."""
   common.add_log_file(args.checkpoint, "calibrate")
-  return calibrate_detector(common.load_adapter(
-      args.checkpoint, adapters.Options.from_args(args)), args)
+  return calibrate_detector(common.load_detector(
+      args.checkpoint, common.method_options(args)), args)
 
 
 def calibrate_detector(detector, args) -> dict:
-  """Calibrates a loaded detector (or its adapter; parsed `args` of this
-  verb) and writes calibration.json into args.checkpoint; returns it."""
-  adapter = adapters.make_adapter(detector, args.checkpoint,
-                                  adapters.Options.from_args(args))
+  """Calibrates a loaded detector (parsed `args` of this verb) and writes
+  calibration.json into args.checkpoint; returns it."""
   if not args.replace:
-    calibration.check_method(calibration.load(args.checkpoint), adapter.name,
-                             args.checkpoint)
+    calibration.check_method(calibration.load(args.checkpoint),
+                             detector.method, args.checkpoint)
   build = _from_normal if args.normal else _from_dataset
-  classes, source = build(adapter, args)
-  result = {"format": calibration.FORMAT, "domain": adapter.domain,
-            "method": adapter.name,
-            "score_rule": ("moeclip_fusion" if adapter.fuses_scores
-                           else "image_score"),
+  classes, source = build(detector, args)
+  result = {"format": calibration.FORMAT, "domain": detector.domain,
+            "method": detector.method,
+            "score_rule": ("image_score" if detector.score_fusion is None
+                           else f"{detector.method}_fusion"),
             "rule": "f1" if args.f1 else ("quantile" if args.normal
                                           else "fpr"),
             "fpr": None if args.f1 else args.fpr, "source": source,

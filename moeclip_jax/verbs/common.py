@@ -1,7 +1,6 @@
-"""Helpers every verb shares: log file, TensorBoard, image lists, console.
+"""Helpers every verb shares: parsers, log file, method options, loading.
 
 Log file: `<out>/<verb>.log` (INFO and above of the `moeclip_jax` logger).
-TensorBoard scalars go through tensorboardX only (never TensorFlow).
 """
 
 from __future__ import annotations
@@ -9,11 +8,17 @@ from __future__ import annotations
 import argparse
 import logging
 import pathlib
-from typing import Iterable, Sequence
+from typing import Sequence
+
+from moeclip_jax.methods import registry
+from moeclip_jax.utils import console as console_lib
+from moeclip_jax.utils import images as image_utils
 
 log = logging.getLogger("moeclip_jax.verbs")
+console = console_lib.console
+progress = console_lib.progress
+list_images = image_utils.list_images
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def parser(prog: str, description: str, examples: str
@@ -59,52 +64,6 @@ def quiet_console() -> None:
     root.addHandler(handler)
 
 
-def tensorboard_scalars(log_dir, scalars: dict, step: int = 0) -> None:
-  """Writes finite scalars (TensorBoard event file) with tensorboardX."""
-  import tensorboardX  # pylint: disable=g-import-not-at-top
-  writer = tensorboardX.SummaryWriter(str(log_dir))
-  try:
-    for key, value in scalars.items():
-      if value is not None:
-        writer.add_scalar(key, float(value), step)
-  finally:
-    writer.close()
-
-
-def console():
-  from rich.console import Console  # pylint: disable=g-import-not-at-top
-  return Console(stderr=True)
-
-
-def progress(iterable: Iterable | None, desc: str | None,
-             total: int | None = None):
-  """tqdm progress bar (silent when stderr is not a terminal or desc is
-  None)."""
-  import tqdm  # pylint: disable=g-import-not-at-top
-  return tqdm.tqdm(iterable, desc=desc, total=total,
-                   disable=True if desc is None else None)
-
-
-def list_images(inputs: Sequence[str]) -> tuple[list[pathlib.Path],
-                                                  list[str]]:
-  """Files (and image files found recursively under folders), sorted.
-
-  Returns:
-    (paths, problems): paths that do not exist are listed in `problems`.
-  """
-  paths, problems = [], []
-  for item in inputs:
-    p = pathlib.Path(item)
-    if p.is_dir():
-      paths += sorted(f for f in p.rglob("*") if f.is_file()
-                      and f.suffix.lower() in IMAGE_SUFFIXES)
-    elif p.is_file():
-      paths.append(p)
-    else:
-      problems.append(f"{p}: no such file or folder")
-  return paths, problems
-
-
 def parse_class_names(values: Sequence[str] | None) -> list[str] | None:
   """--class-names a b,c -> [a, b, c] (None when not given)."""
   if not values:
@@ -112,25 +71,32 @@ def parse_class_names(values: Sequence[str] | None) -> list[str] | None:
   return [n for v in values for n in v.split(",") if n]
 
 
-def load_detector(checkpoint_dir):
-  """`moeclip_jax.load_detector`: the method comes from config.json."""
-  import moeclip_jax  # pylint: disable=g-import-not-at-top
-  return moeclip_jax.load_detector(checkpoint_dir)
+def add_method_options(parser: argparse.ArgumentParser, verb: str) -> None:
+  """Every method's own flags of `verb` (registry.cli_options), one argument
+  group per method; a flag of another method than the checkpoint's is an
+  error at load time (`load_detector`)."""
+  for method, options in registry.cli_options(verb):
+    group = parser.add_argument_group(
+        f"{method} options (an error for other methods)")
+    for option in options:
+      group.add_argument(option.flag, default=None, help=option.help,
+                         **dict(option.kwargs))
 
 
-def load_adapter(checkpoint_dir, options=None):
-  """The loaded detector wrapped in its method's verb adapter.
+def method_options(args: argparse.Namespace) -> dict:
+  """The method flags given on the command line: {dest: value}."""
+  return {dest: getattr(args, dest) for dest in sorted(registry.option_dests())
+          if getattr(args, dest, None) is not None}
+
+
+def load_detector(checkpoint_dir, options: dict | None = None):
+  """The checkpoint's detector (method from config.json) with the verbs'
+  method options; the options are checked before the (slow) load.
 
   Raises:
-    ValueError: a method these verbs do not serve, or method flags
-      (`options`) the method does not use.
+    ValueError: a method without a detector, or options it does not use.
   """
-  import json  # pylint: disable=g-import-not-at-top
-  from moeclip_jax.verbs import adapters  # pylint: disable=g-import-not-at-top
-  config = pathlib.Path(checkpoint_dir) / "config.json"
-  if config.is_file():  # flags are checked before the (slow) load
-    method = json.loads(config.read_text()).get("method")
-    adapters.check_flags(adapters.adapter_class(method, checkpoint_dir),
-                         options, checkpoint_dir)
-  return adapters.make_adapter(load_detector(checkpoint_dir), checkpoint_dir,
-                               options)
+  options = dict(options or {})
+  cls = registry.detector_class(checkpoint_dir)
+  cls.check_options(checkpoint_dir, options)
+  return cls.load(checkpoint_dir, **options)

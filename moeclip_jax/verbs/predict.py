@@ -12,12 +12,11 @@ Scores: with calibration statistics for the class (from `calibrate`) the
 score is MoECLIP's fused score; without them it is the detector's raw image
 score (det . t_abn + 1) / 2, and the contour uses the per-image min-max map.
 InCTRL and AnomalyMoE keep their own image score (no fusion); InCTRL needs
---prompts (see verbs/adapter_inctrl.py, docs/cli.md "Methods").
+--prompts (see methods/inctrl/detector.py, docs/cli.md "Methods").
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import pathlib
@@ -26,12 +25,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from moeclip_jax.inference import calibration, overlay
 from moeclip_jax.utils import images as image_utils
 from moeclip_jax.utils import io
-from moeclip_jax.verbs import adapters
-from moeclip_jax.verbs import calibration
 from moeclip_jax.verbs import common
-from moeclip_jax.verbs import overlay
 
 log = logging.getLogger("moeclip_jax.verbs")
 PREDICTIONS_FILE = "predictions.jsonl"
@@ -59,13 +56,9 @@ def build_parser():
                       "; InCTRL: a saved prompt set's class)")
   p.add_argument("--threshold", default="auto",
                  help="'auto' (calibration.json) or a number")
-  p.add_argument("--domain", default=None,
-                 help="industrial | medical (MoECLIP)")
-  p.add_argument("--dataset-prompts", default=None,
-                 help="dataset whose prompt nouns to use (MoECLIP)")
   p.add_argument("--save-maps", action="store_true", help="write .npy maps")
   p.add_argument("--batch-size", type=int, default=8)
-  adapters.add_method_flags(p, "predict")
+  common.add_method_options(p, "predict")
   return p
 
 
@@ -103,15 +96,15 @@ def _unique_stem(path: pathlib.Path, used: set) -> str:
   return name
 
 
-def score_images(raw_maps, raw_scores, entry, domain, fuse: bool = True):
+def score_images(raw_maps, raw_scores, entry, fuse=None):
   """(maps in [0, 1] for display [N, S, S], scores [N], map thresholds [N]).
 
-  `fuse`: MoECLIP's fused score with calibration; False keeps the
-  detector's image score (InCTRL, AnomalyMoE).
+  `fuse`: the detector's `score_fusion` (MoECLIP's fused score with
+  calibration); None keeps the detector's image score (InCTRL, AnomalyMoE).
   """
   if entry is not None:
     maps_n, fused = calibration.fused_score(raw_maps, raw_scores, entry,
-                                            domain, fuse)
+                                            fuse)
     shown = np.clip(maps_n, 0.0, 1.0)
     return shown, fused, np.full(len(fused), entry["map_threshold"])
   shown = np.stack([overlay.normalise_for_display(m) for m in raw_maps]) \
@@ -139,47 +132,37 @@ def _write_one(out, name, path, image, raw_map, shown, score, raw_score,
 
 def predict_paths(detector, inputs: Sequence[str], out,
                   class_name: str | None = None, threshold: str = "auto",
-                  domain: str | None = None,
-                  dataset_prompts: str | None = None, save_maps=False,
-                  batch_size: int = 8,
-                  options: adapters.Options | None = None) -> dict[str, Any]:
+                  save_maps=False, batch_size: int = 8) -> dict[str, Any]:
   """Runs predict and writes every output; returns a summary dict.
 
-  `detector`: a loaded detector or its `adapters.Adapter`.
+  `detector`: what `load_detector(dir, **method_options)` returns.
   """
   out = pathlib.Path(out)
   out.mkdir(parents=True, exist_ok=True)
   if save_maps:
     (out / "maps").mkdir(parents=True, exist_ok=True)
-  given = {k: v for k, v in (("domain", domain),
-                             ("dataset_prompts", dataset_prompts))
-           if v is not None}
-  if given:
-    options = dataclasses.replace(options or adapters.Options(), **given)
-  adapter = adapters.make_adapter(detector, options=options)
-  class_name = resolve_class_name(adapter, class_name)
-  stored = calibration.load(adapter.checkpoint_dir)
-  calibration.check_method(stored, adapter.name, adapter.checkpoint_dir)
+  class_name = resolve_class_name(detector, class_name)
+  stored = calibration.load(detector.checkpoint_dir)
+  calibration.check_method(stored, detector.method, detector.checkpoint_dir)
   entry = calibration.entry_for(stored, class_name)
   thr, source = resolve_threshold(threshold, entry)
   paths, unreadable = common.list_images(inputs)
-  facts = adapter.begin_predict(paths, class_name, entry, out)
+  facts = detector.begin_predict(paths, class_name, entry, out)
   used, lines = set(), []
   chunk = CHUNK_BATCHES * batch_size  # bounds the images held in memory
   with common.progress(None, "predict", total=len(paths)) as bar:
     for start in range(0, len(paths), chunk):
       loaded, bad = read_images(paths[start:start + chunk])
       unreadable += bad
-      raw_maps, raw_scores = adapter.predict_images(
+      raw_maps, raw_scores = detector.predict_images(
           [im for _, im in loaded], class_name, batch_size, entry, desc=None)
       shown, scores, map_thr = score_images(raw_maps, raw_scores, entry,
-                                            adapter.domain,
-                                            adapter.fuses_scores)
+                                            detector.score_fusion)
       for i, (path, image) in enumerate(loaded):
         lines.append(_write_one(
             out, _unique_stem(path, used), path, image, raw_maps[i],
             shown[i], scores[i], raw_scores[i], map_thr[i], thr, source,
-            class_name, save_maps, adapter.map_to_image))
+            class_name, save_maps, detector.map_to_image))
       bar.update(min(chunk, len(paths) - start))
   io.write_text(out / PREDICTIONS_FILE,
                 "".join(json.dumps(line) + "\n" for line in lines))
@@ -190,12 +173,12 @@ def predict_paths(detector, inputs: Sequence[str], out,
           "threshold": thr, "threshold_source": source, **facts}
 
 
-def resolve_class_name(adapter, class_name: str | None) -> str:
+def resolve_class_name(detector, class_name: str | None) -> str:
   """--class-name, else a single saved InCTRL prompt set's class, else
   the generic 'object'."""
   if class_name:
     return class_name
-  source = getattr(adapter, "source", None)
+  source = getattr(detector, "source", None)
   if source is not None and len(source.sets) == 1 and not source.pool:
     return next(iter(source.sets))
   return "object"
@@ -220,9 +203,9 @@ def main(argv=None) -> int:
   args = build_parser().parse_args(argv)
   try:
     common.add_log_file(args.out, "predict")
-    adapter = common.load_adapter(args.checkpoint,
-                                  adapters.Options.from_args(args))
-    summary = predict_paths(adapter, args.inputs, args.out, args.class_name,
+    detector = common.load_detector(args.checkpoint,
+                                    common.method_options(args))
+    summary = predict_paths(detector, args.inputs, args.out, args.class_name,
                             args.threshold, save_maps=args.save_maps,
                             batch_size=args.batch_size)
   except (ValueError, FileNotFoundError, KeyError) as err:

@@ -9,12 +9,14 @@ from __future__ import annotations
 from typing import Callable
 
 from moeclip_jax.data import records as rec
-from moeclip_jax.data.readers import elpv
-from moeclip_jax.data.readers import folder
-from moeclip_jax.data.readers import label_from_mask
-from moeclip_jax.data.readers import metadata
-from moeclip_jax.data.readers import mvtec_like
-from moeclip_jax.data.readers import visa
+from moeclip_jax.data.readers import (
+  elpv,
+  folder,
+  label_from_mask,
+  metadata,
+  mvtec_like,
+  visa,
+)
 
 ScanFn = Callable[..., rec.ScanResult]
 

@@ -24,8 +24,7 @@ from sklearn import model_selection
 
 from moeclip_jax.data import images
 from moeclip_jax.data import records as rec
-from moeclip_jax.data.readers import _common
-from moeclip_jax.data.readers import mvtec_like
+from moeclip_jax.data.readers import _common, mvtec_like
 
 
 def _slice_boxes(height: int, width: int, slices: int):

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from moeclip_jax.methods.anomalymoe import components
+from moeclip_jax.data import components
 
 
 @functools.lru_cache(maxsize=8)

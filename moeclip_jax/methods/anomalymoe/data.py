@@ -30,11 +30,8 @@ import grain
 import jax
 import numpy as np
 
-from moeclip_jax.data import pipeline
-from moeclip_jax.data import readers
+from moeclip_jax.data import components, pipeline, readers, sources
 from moeclip_jax.data import records as rec
-from moeclip_jax.data import sources
-from moeclip_jax.methods.anomalymoe import components_cli
 
 log = logging.getLogger("moeclip_jax.train")
 
@@ -89,7 +86,7 @@ def mask_paths(records: Sequence[rec.Record], mask_dir: str, root: str
   """OUT/<class>/<image id>.npz per record; a missing file is an error."""
   out = pathlib.Path(mask_dir)
   paths = [out / r.class_name
-           / f"{components_cli.image_id(root, r.image_path)}.npz"
+           / f"{components.image_id(root, r.image_path)}.npz"
            for r in records]
   missing = [p for p in paths if not p.is_file()]
   if missing:
@@ -109,7 +106,7 @@ class AttachMasks(grain.transforms.Map):
   def map(self, element):
     masks = np.zeros((self.slots, self.size, self.size), np.uint8)
     if self.paths:
-      loaded = components_cli.load_masks(self.paths[int(element["index"])])
+      loaded = components.load_masks(self.paths[int(element["index"])])
       if loaded.shape[1:] != (self.size, self.size):
         raise ValueError(f"{self.paths[int(element['index'])]}: masks "
                          f"{loaded.shape}, expected [n, {self.size}, "

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from moeclip_jax.convert import common
 from moeclip_jax.methods.anomalymoe import ops
 
 
@@ -246,7 +247,6 @@ class MIEstimator(nn.Module):
 
 def estimator_shapes(dim: int) -> dict:
   """'/'-joined MIEstimator param path -> shape."""
-  from moeclip_jax.convert import common  # pylint: disable=g-import-not-at-top
 
   shapes = jax.eval_shape(
       MIEstimator(dim).init, jax.random.key(0), jnp.zeros((2, 2, dim)),

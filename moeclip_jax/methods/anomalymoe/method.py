@@ -28,15 +28,18 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from moeclip_jax.methods.anomalymoe import components
-from moeclip_jax.methods.anomalymoe import components_jax
+from moeclip_jax.checkpoint import backbones
+from moeclip_jax.data import components
+from moeclip_jax.methods.anomalymoe import (
+  components_jax,
+  experts,
+  losses,
+  ops,
+  predictor,
+  training,
+)
 from moeclip_jax.methods.anomalymoe import data as data_lib
-from moeclip_jax.methods.anomalymoe import experts
-from moeclip_jax.methods.anomalymoe import losses
 from moeclip_jax.methods.anomalymoe import model as model_lib
-from moeclip_jax.methods.anomalymoe import ops
-from moeclip_jax.methods.anomalymoe import predictor
-from moeclip_jax.methods.anomalymoe import training
 from moeclip_jax.models import dinov2
 
 UPDATED_STATE = "updated_state"  # train.step.UPDATED_STATE (no import)
@@ -129,8 +132,7 @@ class AnomalyMoEMethod:
     """Converted backbone (config.backbone.checkpoint) and the component
     model of config.data.component_masks merged into `params`."""
     if self.backbone_ckpt is not None:
-      from moeclip_jax.convert import hf_dinov2  # pylint: disable=g-import-not-at-top
-      _, backbone, _ = hf_dinov2.load_checkpoint(self.backbone_ckpt)
+      _, backbone, _ = backbones.load_dinov2(self.backbone_ckpt)
       enc = params["model"]["encoder"]
       shardings = jax.tree.map(lambda x: x.sharding, nn.unbox(enc))
       merged = jax.tree.map(jax.device_put, backbone, shardings)

@@ -31,8 +31,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from moeclip_jax.methods.anomalymoe import experts
-from moeclip_jax.methods.anomalymoe import ops
+from moeclip_jax.methods.anomalymoe import experts, ops
 from moeclip_jax.models import dinov2
 
 TRAIN_FUSION = ((0, 1, 2, 3), (4, 5, 6, 7))

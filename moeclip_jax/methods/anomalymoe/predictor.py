@@ -26,10 +26,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from moeclip_jax.methods.anomalymoe import components_jax
-from moeclip_jax.methods.anomalymoe import inference
+from moeclip_jax.methods.anomalymoe import components_jax, inference, ops
 from moeclip_jax.methods.anomalymoe import model as model_lib
-from moeclip_jax.methods.anomalymoe import ops
 
 
 def feature_map(module, model_params, images):

@@ -33,11 +33,8 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from moeclip_jax.data import images
-from moeclip_jax.data import pipeline
-from moeclip_jax.data import readers
+from moeclip_jax.data import images, pipeline, readers, transforms
 from moeclip_jax.data import records as rec
-from moeclip_jax.data import transforms
 from moeclip_jax.methods.inctrl import fewshot
 
 log = logging.getLogger("moeclip_jax.train")

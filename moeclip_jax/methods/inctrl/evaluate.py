@@ -1,29 +1,25 @@
-r"""Few-shot InCTRL evaluation over prompt draws, per class.
+"""Few-shot InCTRL evaluation over prompt draws, per class (library).
 
-  python -m moeclip_jax.methods.inctrl.evaluate --checkpoint ckpt/inctrl_k2 \
-      --dataset elpv --shots 2,4,8 --prompt-draws 5 --seed 0 \
-      --out runs/inctrl_elpv.json
+  evaluate_records(det, records, shots=(2, 4, 8), num_draws=5, seed=0)
+
+From the command line the same protocol is `moeclip-jax eval --shots K
+--prompt-draws N` (one K) or the `inctrl_fewshot` benchmark suite (every K).
 
 For every class: the prompt pool is the class's train normals, the queries its
 test split (encoded once and reused by every draw); each K is evaluated on
-`--prompt-draws` seeded draws and reported as mean +- std of image AUROC and
-AUPRC. `--prompt-set FILE.npz` evaluates a saved set instead of drawing;
-`--save-prompts DIR` writes every drawn set for later reuse.
+`num_draws` seeded draws and reported as mean +- std of image AUROC and
+AUPRC. `prompt_set=FILE.npz` evaluates a saved set instead of drawing;
+`save_prompts=DIR` writes every drawn set for later reuse.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import pathlib
-import sys
 from typing import Sequence
 
 import numpy as np
 
 from moeclip_jax.data import images
-from moeclip_jax.data import readers
-from moeclip_jax.methods.inctrl import detector
 from moeclip_jax.methods.inctrl import fewshot
 
 
@@ -88,63 +84,24 @@ def evaluate_prompt_set(det, prompt_set, query_paths, labels) -> dict:
           "seed": prompt_set.seed}
 
 
-def build_parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(
-      prog="python -m moeclip_jax.methods.inctrl.evaluate",
-      description=__doc__.split("\n\n")[0])
-  p.add_argument("--checkpoint", required=True,
-                 help="folder from `convert inctrl-official`")
-  p.add_argument("--dataset", required=True,
-                 help="reader name (moeclip_jax.data.readers), e.g. elpv")
-  p.add_argument("--root", default=None, help="dataset root (not for elpv)")
-  p.add_argument("--classes", default="", help="comma list (default: all)")
-  p.add_argument("--shots", default="2,4,8")
-  p.add_argument("--prompt-draws", type=int, default=5)
-  p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--max-queries", type=int, default=0,
-                 help="subsample each class's test split (0 = all)")
-  p.add_argument("--max-pool", type=int, default=0,
-                 help="subsample each class's prompt pool (0 = all)")
-  p.add_argument("--prompt-set", default=None,
-                 help="evaluate this saved prompt set (.npz) only")
-  p.add_argument("--save-prompts", default=None,
-                 help="folder to write every drawn prompt set to")
-  p.add_argument("--batch-size", type=int, default=32)
-  p.add_argument("--out", default=None, help="write the results as JSON")
-  return p
-
-
-def run(args) -> dict:
-  det = detector.load(args.checkpoint, batch_size=args.batch_size)
-  records = readers.scan(args.dataset, args.root).records
-  if args.prompt_set:
-    ps = fewshot.load_prompt_set(args.prompt_set)
-    _, q, y = class_split(records, ps.class_name, args.max_queries, args.seed)
+def evaluate_records(det, records, *, classes: Sequence[str] = (),
+                     shots: Sequence[int] = (2, 4, 8), num_draws: int = 5,
+                     seed: int = 0, max_queries: int | None = None,
+                     max_pool: int | None = None, prompt_set=None,
+                     save_prompts=None) -> dict:
+  """{class: {K: summary}} over a dataset's records (or {class: metrics}
+  of one saved `prompt_set` path)."""
+  if prompt_set:
+    ps = fewshot.load_prompt_set(prompt_set)
+    _, q, y = class_split(records, ps.class_name, max_queries, seed)
     return {ps.class_name: evaluate_prompt_set(det, ps, q, y)}
-  names = ([c for c in args.classes.split(",") if c]
-           or sorted({r.class_name for r in records}))
-  if args.save_prompts:
-    pathlib.Path(args.save_prompts).mkdir(parents=True, exist_ok=True)
+  names = list(classes) or sorted({r.class_name for r in records})
+  if save_prompts:
+    pathlib.Path(save_prompts).mkdir(parents=True, exist_ok=True)
   results = {}
   for name in names:
-    pool, q, y = class_split(records, name, args.max_queries, args.seed,
-                             args.max_pool)
-    results[name] = evaluate_class(
-        det, name, pool, q, y, shots=[int(k) for k in args.shots.split(",")],
-        num_draws=args.prompt_draws, seed=args.seed,
-        save_dir=args.save_prompts)
+    pool, q, y = class_split(records, name, max_queries, seed, max_pool)
+    results[name] = evaluate_class(det, name, pool, q, y, shots=shots,
+                                   num_draws=num_draws, seed=seed,
+                                   save_dir=save_prompts)
   return results
-
-
-def main(argv=None) -> int:
-  args = build_parser().parse_args(argv)
-  results = run(args)
-  if args.out:
-    pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    pathlib.Path(args.out).write_text(
-        json.dumps(results, indent=2, default=str) + "\n")
-  return 0
-
-
-if __name__ == "__main__":
-  sys.exit(main())

@@ -19,6 +19,7 @@ import numpy as np
 
 from moeclip_jax.eval import metrics
 
+
 @dataclasses.dataclass(frozen=True)
 class PromptSet:
   """K normal prompt images of one class, as drawn.

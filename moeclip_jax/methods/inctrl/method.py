@@ -36,13 +36,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from moeclip_jax.checkpoint import backbones
+from moeclip_jax.checkpoint import params as ckpt_params
 from moeclip_jax.methods.inctrl import data as data_lib
 from moeclip_jax.methods.inctrl import losses
 from moeclip_jax.methods.inctrl import model as model_lib
 from moeclip_jax.methods.inctrl import text as text_lib
 from moeclip_jax.methods.moeclip.method import backbone_config
-from moeclip_jax.models import clip
-from moeclip_jax.models import tokenize
+from moeclip_jax.models import clip, tokenize
+from moeclip_jax.sharding import partition
 from moeclip_jax.utils import tree as tree_utils
 
 UPDATED_STATE = "updated_state"  # = train.step.UPDATED_STATE
@@ -61,11 +63,9 @@ STATE_PATTERNS = (r"batch_stats/.*",)
 def _read_into_shards(ckpt, abstract, like: dict):
   """Restores checkpoint `ckpt` (tree `abstract`); the top-level subtrees
   present in `like` land directly in the shardings of its arrays."""
-  from moeclip_jax.convert import common  # pylint: disable=g-import-not-at-top
-  from moeclip_jax.sharding import partition  # pylint: disable=g-import-not-at-top
   mesh = jax.tree.leaves(like)[0].sharding.mesh
   target = partition.restore_target(abstract, like, mesh)
-  return common.read_params_checkpoint(ckpt, abstract=target)
+  return ckpt_params.read_params_checkpoint(ckpt, abstract=target)
 
 
 def predict_with_class_prompts(module, variables, images, class_id,
@@ -136,7 +136,7 @@ class InCTRLMethod:
     ckpt = self.backbone_ckpt
     if ckpt is None:
       return params
-    size = clip.read_config(ckpt).vision.image_size
+    size = backbones.read_clip_config(ckpt).vision.image_size
     if size != self.image_size:
       raise ValueError(f"{ckpt}: converted at {size} px, config asks "
                        f"{self.image_size} px (re-convert with --image-size)")
@@ -148,7 +148,7 @@ class InCTRLMethod:
       return tree_utils.merge_subtrees(params, loaded, whole)
     towers = {k: params["params"][k] for k in TOWERS}
     loaded = _read_into_shards(
-        ckpt, clip.abstract_params(clip.read_config(ckpt)), towers)
+        ckpt, clip.abstract_params(backbones.read_clip_config(ckpt)), towers)
     return {**params, "params": tree_utils.merge_subtrees(
         params["params"], loaded, TOWERS)}
 
@@ -219,7 +219,7 @@ class InCTRLMethod:
           "InCTRL predict_fn needs context['prompts'] (K prompt features per "
           "class), which make_context builds only for data with "
           "data.holdout_classes; for other sets use the detector or python "
-          "-m moeclip_jax.methods.inctrl.evaluate")
+          "moeclip-jax eval --shots K")
     return predict_with_class_prompts(self.module, params,
                                       self._pixels(batch["image"]),
                                       batch["class_id"], context)

@@ -13,15 +13,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from moeclip_jax.checkpoint import backbones
+from moeclip_jax.checkpoint import params as ckpt_params
 from moeclip_jax.methods import base
 from moeclip_jax.methods.moeclip import config as config_lib
-from moeclip_jax.methods.moeclip import losses
-from moeclip_jax.methods.moeclip import maps
+from moeclip_jax.methods.moeclip import losses, maps, prompts
 from moeclip_jax.methods.moeclip import model as model_lib
-from moeclip_jax.methods.moeclip import prompts
-from moeclip_jax.models import clip
-from moeclip_jax.models import clip_config
-from moeclip_jax.models import tokenize
+from moeclip_jax.models import clip, clip_config, tokenize
+from moeclip_jax.sharding import partition
 from moeclip_jax.utils import tree as tree_utils
 
 
@@ -33,7 +32,7 @@ def backbone_config(cfg: Any) -> tuple[clip_config.CLIPConfig, str | None]:
   """
   ckpt = cfg.get("checkpoint", "") or None
   if ckpt:
-    ccfg = clip.read_config(ckpt)
+    ccfg = backbones.read_clip_config(ckpt)
   else:
     ccfg = clip_config.get_config(cfg.variant)
   overrides = {}
@@ -83,9 +82,7 @@ class MoECLIPMethod:
     """
     if self.backbone_ckpt is None:
       return params
-    from moeclip_jax.convert import common  # pylint: disable=g-import-not-at-top
-    from moeclip_jax.sharding import partition  # pylint: disable=g-import-not-at-top
-    ccfg = clip.read_config(self.backbone_ckpt)
+    ccfg = backbones.read_clip_config(self.backbone_ckpt)
     if ccfg.vision.image_size != self.image_size:
       raise ValueError(
           f"{self.backbone_ckpt}: converted at {ccfg.vision.image_size} px, "
@@ -94,7 +91,7 @@ class MoECLIPMethod:
     towers = ("img", "txt")
     target = partition.restore_target(
         clip.abstract_params(ccfg), {k: params[k] for k in towers}, mesh)
-    backbone = common.read_params_checkpoint(self.backbone_ckpt,
+    backbone = ckpt_params.read_params_checkpoint(self.backbone_ckpt,
                                              abstract=target)
     return tree_utils.merge_subtrees(params, backbone, towers)
 

@@ -34,9 +34,7 @@ import jax.numpy as jnp
 
 from moeclip_jax.methods.moeclip import config as config_lib
 from moeclip_jax.methods.moeclip import heads as heads_lib
-from moeclip_jax.models import clip
-from moeclip_jax.models import clip_config
-from moeclip_jax.models import moe
+from moeclip_jax.models import clip, clip_config, moe
 
 # Regexes over "/"-joined param paths; everything else is frozen. None of
 # them matches a path containing "fofs_a".

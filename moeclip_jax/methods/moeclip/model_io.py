@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 import pathlib
 
+from moeclip_jax.checkpoint import params as ckpt_params
 from moeclip_jax.convert import common
 from moeclip_jax.methods.moeclip import config as config_lib
 from moeclip_jax.methods.moeclip import model as model_lib
-from moeclip_jax.models import clip_config
+from moeclip_jax.models import clip_config, tokenize
 
 
 def read_configs(checkpoint_dir):
@@ -43,7 +44,6 @@ def load(checkpoint_dir, *, dtype: str | None = None, **overrides):
   Returns:
     (module: MoECLIP, params, clip config, MoECLIP config, tokenizer or None)
   """
-  from moeclip_jax.models import tokenize  # pylint: disable=g-import-not-at-top
 
   path = pathlib.Path(checkpoint_dir)
   ccfg, cfg = read_configs(path)
@@ -51,7 +51,7 @@ def load(checkpoint_dir, *, dtype: str | None = None, **overrides):
     ccfg = ccfg.replace(dtype=dtype)
   if overrides:
     cfg = cfg.replace(**overrides)
-  params = common.read_params_checkpoint(
+  params = ckpt_params.read_params_checkpoint(
       path, abstract=model_lib.abstract_params(ccfg, cfg))
   tok = None
   if (path / "tokenizer").is_dir():

@@ -8,7 +8,7 @@ A class's K normal prompt images come from, in this order:
     sorted by path, as `methods.inctrl.evaluate.class_split` does.
 Draw d of a pool picks K distinct images with
 `fewshot.draw_prompt_indices(len(pool), K, seed + d)`, so the verbs draw the
-same sets as `python -m moeclip_jax.methods.inctrl.evaluate`.
+same sets as `methods.inctrl.evaluate.evaluate_records`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import numpy as np
 from moeclip_jax.data import transforms
 from moeclip_jax.methods.inctrl import fewshot
 from moeclip_jax.utils import images as image_utils
-from moeclip_jax.verbs import common
 
 
 def fingerprint(images: np.ndarray) -> str:
@@ -58,7 +57,7 @@ class PromptSource:
       else:
         loose.append(item)
     if loose:
-      paths, problems = common.list_images(loose)
+      paths, problems = image_utils.list_images(loose)
       if problems:
         raise FileNotFoundError("; ".join(problems))
       if not paths:

@@ -1,4 +1,7 @@
-"""Component (part) masks for AnomalyMoE: per-class k-means on patch features.
+"""Component (part) masks: per-class k-means on backbone patch features.
+
+Used by AnomalyMoE (its component experts); `moeclip-jax data components`
+writes them for a dataset (see `write_dataset_masks`).
 
 Official offline step (`segment_image.py`), reimplemented on arrays:
   1. per class, every `train/good` image's patch features [g*g, C] are
@@ -24,12 +27,17 @@ ViT-S/16 at 448 px; a documented substitution).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
+import os
 import pathlib
-from typing import Iterable
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
+
+from moeclip_jax.checkpoint import backbones
+from moeclip_jax.data import images
 
 
 def greedy_coreset(feats: np.ndarray, ratio: float, seed: int = 0,
@@ -177,3 +185,105 @@ def fit_class(train_maps: list[np.ndarray], image_size: int = 392,
   if not keep:  # the official fallback when no filter info exists
     keep = list(range(k))
   return centres, keep
+
+
+# ---- dataset masks on disk ----------------------------------------------------
+# OUT/<class>/<image id>.npz  {"masks": packbits uint8, "shape": [n, S, S]}
+# OUT/component_centres.npz, OUT/component_filter.json  (the fitted model)
+# The image id is the image path relative to the dataset root with '/' ->
+# '__', so masks are matched by id, never by a glob order.
+MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+STD = np.array([0.229, 0.224, 0.225], np.float32)
+MASK_SIZE = 392
+
+
+def image_id(root, path) -> str:
+  return os.path.relpath(path, root).replace(os.sep, "__")
+
+
+def default_out(root) -> str:
+  """`<root>_components`: next to the dataset, not inside it."""
+  return str(root).rstrip("/\\") + "_components"
+
+
+def preprocess(rgb: np.ndarray, resize: int = 448, crop: int = MASK_SIZE):
+  """uint8[H, W, 3] -> float32[crop, crop, 3]: Resize, CenterCrop, norm."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  img = Image.fromarray(rgb).resize((resize, resize), Image.BILINEAR)
+  x = np.asarray(img, np.float32) / 255.0
+  top = int(round((resize - crop) / 2.0))
+  x = x[top:top + crop, top:top + crop]
+  return (x - MEAN) / STD
+
+
+def save_masks(path, masks: np.ndarray) -> None:
+  np.savez_compressed(path, masks=np.packbits(masks),
+                      shape=np.array(masks.shape))
+
+
+def load_masks(path) -> np.ndarray:
+  """Reads one saved mask file -> uint8[n, S, S]."""
+  with np.load(path) as data:
+    shape = tuple(int(s) for s in data["shape"])
+    flat = np.unpackbits(data["masks"])[:int(np.prod(shape))]
+  return flat.reshape(shape)
+
+
+def make_featurizer(checkpoint, layers=(2, 3, 4, 5, 6, 7, 8, 9)):
+  """Converted DINOv2 checkpoint -> fn(images [B, S, S, 3]) -> [B, g, g, D]
+  (mean of the `layers` blocks' patch tokens)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+  module, params, config = backbones.load_dinov2(checkpoint)
+  prefix = 1 + config.num_registers
+
+  @jax.jit
+  def fn(x):
+    _, aux = module.apply({"params": params}, x, layers=tuple(layers))
+    mean = jnp.mean(jnp.stack([aux["hidden"][i] for i in layers]), 0)
+    g = int(round((mean.shape[1] - prefix) ** 0.5))
+    return mean[:, prefix:].reshape(x.shape[0], g, g, -1)
+
+  return fn
+
+
+def _features(fn, records, batch=8):
+
+  out = []
+  for start in range(0, len(records), batch):
+    chunk = records[start:start + batch]
+    x = np.stack([preprocess(images.load_image(r.image_path))
+                  for r in chunk])
+    out.extend(np.asarray(fn(x)))
+  return out
+
+
+def write_dataset_masks(records: Sequence, featurize: Callable, root, out,
+                        k: int = 5, ratio: float = 0.01,
+                        say: Callable[[str], None] = print) -> "ComponentModel":
+  """Fits each class on its normal train images, writes every image's masks
+  and the fitted model under `out`; returns the model."""
+  by_class = collections.defaultdict(list)
+  for r in records:
+    by_class[r.class_name].append(r)
+  out = pathlib.Path(out)
+  centres, keep = {}, {}
+  for name, recs in sorted(by_class.items()):
+    train = [r for r in recs if r.split == "train" and r.label == 0]
+    if not train:
+      say(f"SKIP {name}: no normal training images")
+      continue
+    centres[name], keep[name] = fit_class(_features(featurize, train),
+                                          MASK_SIZE, k, ratio)
+    model = ComponentModel({name: centres[name]}, {name: keep[name]},
+                           MASK_SIZE)
+    (out / name).mkdir(parents=True, exist_ok=True)
+    for r, fmap in zip(recs, _features(featurize, recs)):
+      save_masks(out / name / f"{image_id(root, r.image_path)}.npz",
+                 model.masks(name, fmap))
+    say(f"{name}: {len(recs)} images, clusters kept {keep[name]}")
+  model = ComponentModel(centres, keep, MASK_SIZE)
+  model.save(out)
+  return model

@@ -9,7 +9,7 @@
                       threshold, map_threshold, num_images, num_anomalous}}}
 
 The statistics stand in for the whole-class min-max of MoECLIP's protocol
-(maps.postprocess_class): a class's maps (scores) are min-maxed with the
+(methods/moeclip/maps.py `postprocess_class`): a class's maps (scores) are min-maxed with the
 stored extremes exactly when the calibration set left [0, 1], then fused
 (industrial 0.5 max(map) + 0.5 score, medical max(map)). The image threshold
 applies to that fused score, the map threshold to the normalised map; a
@@ -26,12 +26,11 @@ from __future__ import annotations
 
 import json
 import pathlib
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from moeclip_jax.eval import metrics as metrics_lib
-from moeclip_jax.methods.moeclip import maps
 from moeclip_jax.utils import io
 
 FILE = "calibration.json"
@@ -62,26 +61,29 @@ def normalise_scores(raw_scores: np.ndarray, stats: dict) -> np.ndarray:
   return ((raw_scores - stats["score_min"]) / span).astype(np.float32)
 
 
-def fused_score(raw_maps, raw_scores, stats: dict, domain: str | None,
-                fuse: bool = True):
-  """Single-image MoECLIP score with stored statistics.
+Fusion = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def fused_score(raw_maps, raw_scores, stats: dict, fuse: Fusion | None):
+  """Single-image score with stored statistics.
 
   Args:
     raw_maps: float[N, H, W] detector maps (before min-max).
     raw_scores: float[N] detector image scores.
     stats: a calibration class entry.
-    domain: "industrial" or "medical".
-    fuse: False for methods whose image score is final (InCTRL,
-      AnomalyMoE): the score is returned as given, only maps are normalised.
+    fuse: the detector's `score_fusion` (normalised maps, normalised scores
+      -> final scores; MoECLIP's domain rule), or None for methods whose
+      image score is final (InCTRL, AnomalyMoE): the score is returned as
+      given, only maps are normalised.
 
   Returns:
     (normalised maps float[N, H, W], fused scores float[N]).
   """
   maps_n = normalise_maps(np.asarray(raw_maps), stats)
-  if not fuse:
+  if fuse is None:
     return maps_n, np.asarray(raw_scores, np.float32)
   scores_n = normalise_scores(np.asarray(raw_scores), stats)
-  return maps_n, maps.fuse_image_scores(maps_n, scores_n, domain)
+  return maps_n, fuse(maps_n, scores_n)
 
 
 def upper_quantile(values: np.ndarray, fpr: float) -> float:
@@ -117,15 +119,14 @@ def thresholds(fused: np.ndarray, labels: np.ndarray | None,
   return float(img["f1_threshold"]), float(map_thr)
 
 
-def calibrate_class(raw_maps, raw_scores, domain: str | None, rule: str,
-                    fpr: float, labels=None, masks=None,
-                    fuse: bool = True) -> dict[str, Any]:
+def calibrate_class(raw_maps, raw_scores, fuse: Fusion | None, rule: str,
+                    fpr: float, labels=None, masks=None) -> dict[str, Any]:
   """Statistics + thresholds of one class (see the module docstring)."""
   labels = None if labels is None else np.asarray(labels).astype(int)
   normal = slice(None) if labels is None else labels == 0
   stats = class_stats(raw_maps[normal], raw_scores[normal]) if rule != "f1" \
       else class_stats(raw_maps, raw_scores)
-  maps_n, fused = fused_score(raw_maps, raw_scores, stats, domain, fuse)
+  maps_n, fused = fused_score(raw_maps, raw_scores, stats, fuse)
   thr, map_thr = thresholds(fused, labels, maps_n, masks, rule, fpr)
   return dict(stats, threshold=thr, map_threshold=map_thr,
               num_images=int(len(raw_scores)),
@@ -141,7 +142,10 @@ def load(checkpoint_dir) -> dict | None:
   path = path_in(checkpoint_dir)
   if not path.is_file():
     return None
-  data = json.loads(path.read_text())
+  try:
+    data = json.loads(path.read_text())
+  except json.JSONDecodeError as err:
+    raise ValueError(f"{path}: not valid JSON ({err})") from None
   if data.get("format") != FORMAT:
     raise ValueError(f"{path}: format {data.get('format')!r}, expected "
                      f"{FORMAT!r}")

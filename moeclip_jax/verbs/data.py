@@ -1,23 +1,22 @@
-"""`python -m moeclip_jax.data VERB ...`: a small subcommand registry.
+"""`moeclip-jax data SUBCOMMAND ...` (also `python -m moeclip_jax.data`).
 
-Verbs here: `prepare` (build a TFDS dataset, bad-input policy of issue #5)
-and `inspect` (counts per split / class / label, mask coverage). Another
-module adds a verb with `register(...)` and by being listed in
-`COMMAND_MODULES`, which `main` imports before parsing.
+Subcommands (the `COMMANDS` table):
+  prepare     check every input, then build a TFDS (array_record) dataset
+  inspect     counts per split / class / label, mask coverage, bad inputs
+  components  per-class k-means part masks from a DINOv2 backbone (the
+              masks AnomalyMoE's component experts train on)
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import json
 import os
 import sys
 from typing import Callable, Optional, Sequence
 
-from moeclip_jax.data import checks
-from moeclip_jax.data import readers
+from moeclip_jax.data import checks, components, readers
 from moeclip_jax.data import records as rec
 
 
@@ -27,21 +26,6 @@ class Command:
   add_arguments: Callable[[argparse.ArgumentParser], None]
   run: Callable[[argparse.Namespace], int]
 
-
-COMMANDS: dict[str, Command] = {}
-# Modules that call `register` when imported (e.g. a later `components` verb).
-COMMAND_MODULES: tuple[str, ...] = (
-    "moeclip_jax.methods.anomalymoe.components_cli",  # `components`
-)
-
-
-def register(name: str, help_text: str,
-             add_arguments: Callable[[argparse.ArgumentParser], None],
-             run: Callable[[argparse.Namespace], int]) -> None:
-  """Adds a verb; re-registering a name is an error."""
-  if name in COMMANDS:
-    raise ValueError(f"command {name!r} is already registered")
-  COMMANDS[name] = Command(help_text, add_arguments, run)
 
 
 def _say(line: str) -> None:
@@ -97,7 +81,7 @@ def _report_bad(report: checks.CheckReport, skip_bad: bool) -> None:
 def run_prepare(args: argparse.Namespace) -> int:
   """Checks every input, then builds (or stops with exit 1)."""
   # Imported here so that `inspect` never loads tensorflow_datasets.
-  tfds_builders = importlib.import_module("moeclip_jax.data.tfds_builders")
+  from moeclip_jax.data import tfds_builders  # pylint: disable=g-import-not-at-top
   report = checks.check(_scan(args))
   for note in report.notes:
     _say(f"NOTE {note}")
@@ -147,17 +131,46 @@ def run_inspect(args: argparse.Namespace) -> int:
   return 1 if issues else 0
 
 
-register("prepare", "build a TFDS (array_record) dataset", _prepare_args,
-         run_prepare)
-register("inspect", "print counts per split / class / label", _inspect_args,
-         run_inspect)
+def _components_args(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("name", choices=sorted(readers.READERS))
+  parser.add_argument("--root", required=True, help="dataset folder")
+  parser.add_argument("--backbone", required=True,
+                      help="converted DINOv2 checkpoint (convert hf-dinov2)")
+  parser.add_argument("--out", default="",
+                      help="mask output folder (default <root>_components)")
+  parser.add_argument("--layers", default="2,3,4,5,6,7,8,9",
+                      help="backbone blocks averaged (model target_layers)")
+  parser.add_argument("--k", type=int, default=5, help="clusters per class")
+  parser.add_argument("--ratio", type=float, default=0.01,
+                      help="coreset fraction per image")
+
+
+def run_components(args: argparse.Namespace) -> int:
+  """Masks of every image, matched by image id (see data/components.py);
+  point the trainer's `config.data.component_masks` at `--out`."""
+  scan = readers.scan(args.name, args.root)
+  layers = tuple(int(x) for x in str(args.layers).split(",") if x.strip())
+  featurize = components.make_featurizer(args.backbone, layers)
+  components.write_dataset_masks(
+      scan.records, featurize, args.root,
+      args.out or components.default_out(args.root), args.k, args.ratio,
+      say=_say)
+  return 0
+
+
+COMMANDS: dict[str, Command] = {
+    "prepare": Command("build a TFDS (array_record) dataset", _prepare_args,
+                       run_prepare),
+    "inspect": Command("print counts per split / class / label",
+                       _inspect_args, run_inspect),
+    "components": Command("per-class k-means part masks (AnomalyMoE)",
+                          _components_args, run_components),
+}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   """Parses `argv` (default sys.argv[1:]) and runs the verb; returns rc."""
-  for module in COMMAND_MODULES:
-    importlib.import_module(module)
-  parser = argparse.ArgumentParser(prog="python -m moeclip_jax.data")
+  parser = argparse.ArgumentParser(prog="moeclip-jax data")
   sub = parser.add_subparsers(dest="verb", required=True)
   for name, command in COMMANDS.items():
     command.add_arguments(sub.add_parser(name, help=command.help))
