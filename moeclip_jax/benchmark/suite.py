@@ -1,8 +1,8 @@
 """Benchmark suites: Python configs (`get_config()` -> ConfigDict) as data.
 
 A suite names the method, where its detector comes from (`detector`: a
-folder, `{shots}` filled per shot count; or `train`: train specs run once
-per source) and the targets. `--suite.FIELD=VALUE` overrides any field
+folder, `{shots}` filled per shot count, or {target | "*": folder}; or
+`train`: train specs run once per source) and the targets. `--suite.FIELD=VALUE` overrides any field
 (`--suite.targets.mvtec.root=/data/mvtec`: a list of named dicts is
 indexed by name or position). Unknown keys anywhere are a `SuiteError`
 naming them.
@@ -21,10 +21,14 @@ from typing import Any, Mapping, Sequence
 
 import ml_collections
 
+from moeclip_jax.methods import registry
+
 PRESET_DIR = pathlib.Path(__file__).resolve().parents[2] / "configs" / \
     "benchmarks"
 PRESETS = ("moeclip_zsad13", "inctrl_fewshot", "anomalymoe_unified")
-METHODS = ("moeclip", "inctrl", "anomalymoe")
+# suite / target key -> the detector option (`Option.dest`) it sets.
+OPTION_KEYS = {"shots": "shots", "prompt_draws": "prompt_draws",
+               "prompt_seed": "prompt_seed", "prompts": "prompts"}
 
 # key -> one-line meaning (the docs list these).
 SUITE_KEYS = {
@@ -42,6 +46,8 @@ SUITE_KEYS = {
     "batch_size": "images per batch (static shape, last batch padded)",
     "map_size": "evaluate maps at this size (divides the model size)",
     "references": "reference tables compared in the report (first: delta)",
+    "options": "other method options {dest: value} (the detector's "
+               "cli_options, e.g. minmax)",
 }
 TARGET_KEYS = {
     "name": "target name (table row; reference lookup key)",
@@ -55,6 +61,7 @@ TARGET_KEYS = {
     "prompts": "InCTRL prompt images / folders / saved sets (.npz)",
     "reader_options": "keyword options of the reader",
     "reference": "key of this target in the reference tables",
+    "options": "method options of this target (over the suite's)",
 }
 TRAIN_KEYS = {
     "name": "source name (train/<name>/ under --out)",
@@ -153,7 +160,8 @@ def _allows(parents: Sequence[str], key: str) -> bool:
   if parents[0] == "train":
     return key in TRAIN_KEYS or len(parents) > 1 and parents[-1] == \
         "overrides"
-  return parents[-1] in ("overrides", "reader_options", "detector")
+  return parents[-1] in ("overrides", "reader_options", "detector",
+                         "options")
 
 
 def _index(node: list, part: str, field: str, where: str) -> int:
@@ -190,9 +198,9 @@ def validate(config: ml_collections.ConfigDict, where: str) -> None:
   for key in ("name", "method", "targets"):
     if not config.get(key):
       raise SuiteError(f"{where}: suite needs {key!r}")
-  if config.method not in METHODS:
+  if config.method not in registry.DETECTORS:
     raise SuiteError(f"{where}: method {config.method!r} is not one of "
-                     f"{METHODS}")
+                     f"{sorted(registry.DETECTORS)}")
   if (config.get("detector") is None) == (config.get("train") is None):
     raise SuiteError(f"{where}: give exactly one of 'detector' and 'train'")
   targets = list(config.targets)
@@ -216,6 +224,13 @@ def validate(config: ml_collections.ConfigDict, where: str) -> None:
   if dup:
     raise SuiteError(f"{where}: duplicate target names {dup}")
   _check_method_keys(config, targets, where)
+  for name in names:
+    if config.get("detector") is not None:
+      if detector_folder(config, name, None) is None:
+        raise SuiteError(f"{where}: no detector for target {name!r} (give "
+                         "it, or '*', in the detector dict)")
+    elif serving_spec(config, name) is None:
+      raise SuiteError(f"{where}: no train spec serves target {name!r}")
   for spec in train_specs(config):
     _unknown(spec.keys(), TRAIN_KEYS, "train", where)
     if not spec.get("config"):
@@ -226,18 +241,25 @@ def validate(config: ml_collections.ConfigDict, where: str) -> None:
                          f"unknown target {name!r}")
 
 
+def detector_class(config) -> type:
+  """The detector class of the suite's method (registry.DETECTORS)."""
+  return registry.DETECTORS[config.method]
+
+
 def _check_method_keys(config, targets, where: str) -> None:
-  if config.method == "inctrl":
-    return
-  for key in ("shots", "prompt_draws", "prompt_seed"):
-    if config.get(key) is not None:
-      raise SuiteError(f"{where}: {key!r} is an InCTRL option; method is "
-                       f"{config.method}")
-  for target in targets:
-    for key in ("shots", "prompt_draws", "prompts"):
-      if target.get(key) is not None:
-        raise SuiteError(f"{where}: target {target['name']}: {key!r} is an "
-                         f"InCTRL option; method is {config.method}")
+  """Every method option the suite sets is one its detector takes."""
+  accepted = detector_class(config).accepted_options
+  scopes = [("suite", config)] + [(f"target {t['name']}", t)
+                                  for t in targets]
+  for scope, node in scopes:
+    given = [k for k in OPTION_KEYS if node.get(k) is not None]
+    given += [f"options.{k}" for k in (node.get("options") or {})]
+    bad = [k for k in given
+           if OPTION_KEYS.get(k, k.partition(".")[2]) not in accepted]
+    if bad:
+      raise SuiteError(f"{where}: {scope}: {bad} not options of "
+                       f"{config.method} detectors (they take "
+                       f"{sorted(accepted)})")
 
 
 def train_specs(config) -> list[dict]:
@@ -262,19 +284,83 @@ def as_list(value) -> list:
   return [value]
 
 
+def _get(config, target: Mapping[str, Any], key: str):
+  """A target's value of `key`, else the suite's."""
+  value = target.get(key)
+  return config.get(key) if value is None else value
+
+
 def target_shots(config, target: Mapping[str, Any]) -> list[int | None]:
-  """[K, ...] for InCTRL (None: the checkpoint's default), [None] else."""
-  if config.method != "inctrl":
-    return [None]
-  shots = as_list(target.get("shots") or config.get("shots"))
+  """[K, ...] (None: the detector's default / a method without shots)."""
+  shots = as_list(_get(config, target, "shots"))
   return [int(k) for k in shots] or [None]
 
 
 def target_draws(config, target: Mapping[str, Any]) -> int:
-  if config.method != "inctrl":
-    return 1
-  return int(target.get("prompt_draws") or config.get("prompt_draws") or 1)
+  return int(_get(config, target, "prompt_draws") or 1)
 
 
 def target_domain(config, target: Mapping[str, Any]) -> str:
-  return target.get("domain") or config.get("domain") or "industrial"
+  return _get(config, target, "domain") or "industrial"
+
+
+def target_protocol(config, target: Mapping[str, Any]) -> str | None:
+  return _get(config, target, "protocol")
+
+
+def method_options(config, target: Mapping[str, Any],
+                   shots: int | None) -> dict[str, Any]:
+  """The detector options of a (target, K): the suite's OPTION_KEYS and
+  `options`, the target's over them; `domain` when the detector takes it.
+  """
+  accepted = detector_class(config).accepted_options
+  options = {**dict(config.get("options") or {}),
+             **dict(target.get("options") or {})}
+  for key, dest in OPTION_KEYS.items():
+    value = _get(config, target, key)
+    if value is not None and key != "shots":
+      options[dest] = list(value) if isinstance(value, tuple) else value
+  if shots is not None:
+    options["shots"] = shots
+  if "domain" in accepted:
+    options["domain"] = target_domain(config, target)
+  return options
+
+
+def detector_folder(config, target_name: str, shots: int | None,
+                    train_dirs: Mapping[str, str] | None = None
+                    ) -> str | None:
+  """The detector folder serving a target: `detector` ('{shots}' filled,
+  or {target | '*': folder}), else the train spec serving it."""
+  detector = config.get("detector")
+  if detector is not None:
+    if isinstance(detector, (str, pathlib.Path)):
+      folder = str(detector)
+    else:
+      detector = dict(detector)
+      folder = detector.get(target_name, detector.get("*"))
+      if folder is None:
+        return None
+    return folder.replace("{shots}", "" if shots is None else str(shots))
+  spec = serving_spec(config, target_name)
+  if spec is None or train_dirs is None:
+    return None
+  return str(pathlib.Path(train_dirs[spec["name"]]) / "detector")
+
+
+def serving_spec(config, target_name: str) -> dict | None:
+  """The train spec whose `targets` list the target, else the first
+  spec without `targets`."""
+  specs = train_specs(config)
+  for spec in specs:
+    if target_name in (spec.get("targets") or ()):
+      return spec
+  for spec in specs:
+    if not spec.get("targets"):
+      return spec
+  return None
+
+
+def to_json(config) -> dict:
+  """The suite as plain JSON-able data (recorded with every unit)."""
+  return _plain(config)

@@ -6,8 +6,8 @@
     aggregated (mean +- std) when the runs are prompt draws -> metrics.json
     / csv, protocol.json, details.json, overlays, TensorBoard scalars.
 
-The `eval` verb and the benchmark runner both call it; nothing here names
-a method.
+The `eval` verb calls it, the benchmark runner its `run_reports`;
+nothing here names a method.
 """
 
 from __future__ import annotations
@@ -56,10 +56,11 @@ def evaluate_detector(detector, spec: runner.DatasetSpec, out,
           "dataset": spec.name, "root": spec.root, "split": spec.split,
           **detector.run_facts()}
   runs, first = [], None
-  for pred, facts in detector.eval_runs(records, all_records, batch_size,
-                                        map_size):
-    runs.append((_evaluate(pred, protocol, detector.domain,
-                           {**meta, **facts}), facts))
+  for report, facts, pred in run_reports(detector, records, all_records,
+                                         protocol, meta=meta,
+                                         batch_size=batch_size,
+                                         map_size=map_size):
+    runs.append((report, facts))
     first = first or pred
   report = _combine(runs, meta, out)
   write_all_reports(report, out)
@@ -68,6 +69,23 @@ def evaluate_detector(detector, spec: runner.DatasetSpec, out,
   tensorboard_scalars(out / "tb", {f"eval/{k}": v for k, v in
                                    report["mean"].items()})
   return report
+
+
+def run_reports(detector, records, all_records, protocol: str | None = None,
+                domain: str | None = None, meta: dict | None = None,
+                batch_size: int = 8, map_size: int | None = None):
+  """(report, run facts, predictions) per run of `detector.eval_runs`
+  (one run, or one per InCTRL prompt draw), lazily: each run is predicted
+  and evaluated when the caller asks for it. `domain` (default: the
+  detector's) goes to the protocol (MoECLIP's fusion); the benchmark calls
+  this per unit.
+  """
+  protocol = protocol or detector.default_protocol
+  domain = domain or detector.domain
+  for pred, facts in detector.eval_runs(records, all_records, batch_size,
+                                        map_size):
+    yield (_evaluate(pred, protocol, domain, {**(meta or {}), **facts}),
+           facts, pred)
 
 
 def _combine(runs, meta, out) -> dict[str, Any]:
