@@ -35,6 +35,8 @@ VERBS = {
               "image/text embeddings and hidden states of a checkpoint"),
     "metrics": ("moeclip_jax.verbs.metrics",
                 "metrics of saved predictions (any model)"),
+    "benchmark": ("moeclip_jax.verbs.benchmark",
+                  "paper tables of a suite of datasets (resumable, sharded)"),
 }
 
 

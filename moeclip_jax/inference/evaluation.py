@@ -8,8 +8,8 @@
     heatmaps for the `loggers` (utils/tracking.py: TensorBoard in out/tb
     by default; W&B offline, MLflow file store).
 
-The `eval` verb and the benchmark runner both call it; nothing here names
-a method.
+The `eval` verb calls it, the benchmark runner its `run_reports`;
+nothing here names a method.
 """
 
 from __future__ import annotations
@@ -62,15 +62,12 @@ def evaluate_detector(detector, spec: runner.DatasetSpec, out,
           "dataset": spec.name, "root": spec.root, "split": spec.split,
           **detector.run_facts()}
   runs, first = [], None
-  if tile is None:
-    pairs, to_image = detector.eval_runs(
-        records, all_records, batch_size, map_size), detector.map_to_image
-  else:
-    pairs, to_image = tiling.eval_runs(
-        detector, records, tile, batch_size, map_size), overlay.resize_map
-  for pred, facts in pairs:
-    runs.append((_evaluate(pred, protocol, detector.domain,
-                           {**meta, **facts}), facts))
+  to_image = detector.map_to_image if tile is None else overlay.resize_map
+  for report, facts, pred in run_reports(detector, records, all_records,
+                                         protocol, meta=meta,
+                                         batch_size=batch_size,
+                                         map_size=map_size, tile=tile):
+    runs.append((report, facts))
     first = first or pred
   report = _combine(runs, meta, out)
   write_all_reports(report, out)
@@ -88,6 +85,26 @@ def log_report(names: str, out: pathlib.Path, report, pred, config) -> None:
     tracking.log_heatmaps(loggers, pred, "eval", 0)
   finally:
     loggers.close()
+
+
+def run_reports(detector, records, all_records, protocol: str | None = None,
+                domain: str | None = None, meta: dict | None = None,
+                batch_size: int = 8, map_size: int | None = None,
+                tile: tiling.TileSpec | None = None):
+  """(report, run facts, predictions) per run of `detector.eval_runs`
+  (one run, or one per InCTRL prompt draw), lazily: each run is predicted
+  and evaluated when the caller asks for it. `domain` (default: the
+  detector's) goes to the protocol (MoECLIP's fusion); the benchmark calls
+  this per unit; `tile`: predict each image in tiles (`tiling.eval_runs`).
+  """
+  protocol = protocol or detector.default_protocol
+  domain = domain or detector.domain
+  runs = (detector.eval_runs(records, all_records, batch_size, map_size)
+          if tile is None else
+          tiling.eval_runs(detector, records, tile, batch_size, map_size))
+  for pred, facts in runs:
+    yield (_evaluate(pred, protocol, domain, {**(meta or {}), **facts}),
+           facts, pred)
 
 
 def _combine(runs, meta, out) -> dict[str, Any]:

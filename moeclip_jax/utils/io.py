@@ -44,3 +44,7 @@ def write_json(path, obj) -> pathlib.Path:
 
 def write_text(path, text: str) -> pathlib.Path:
   return _atomic(path, lambda f: f.write(text), mode="w")
+
+
+def write_bytes(path, data: bytes) -> pathlib.Path:
+  return _atomic(path, lambda f: f.write(data))
