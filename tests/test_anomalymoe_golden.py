@@ -75,6 +75,10 @@ def _one_expert(group, index):
 
 
 def _config(**overrides):
+  # Stage tests call single experts through the vmap loop (the layout the
+  # official per-expert modules convert to); scan == vmap is checked in
+  # tests/test_anomalymoe_expert_loop.py.
+  overrides.setdefault("expert_loop", "vmap")
   return model_lib.AnomalyMoEConfig(**overrides)
 
 

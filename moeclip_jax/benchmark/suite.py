@@ -15,8 +15,8 @@ naming them.
 from __future__ import annotations
 
 import ast
-import importlib.util
 import pathlib
+import runpy
 from typing import Any, Mapping, Sequence
 
 import ml_collections
@@ -94,11 +94,9 @@ def resolve_path(suite: str) -> pathlib.Path:
 def load(suite: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
   """Reads, overrides and validates a suite (path or preset name)."""
   path = resolve_path(suite)
-  spec = importlib.util.spec_from_file_location(f"suite_{path.stem}", path)
-  module = importlib.util.module_from_spec(spec)
   try:
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = runpy.run_path(str(path), run_name=f"suite_{path.stem}")[
+        "get_config"]()
   except Exception as err:  # pylint: disable=broad-except
     raise SuiteError(f"{path}: cannot load the suite ({type(err).__name__}: "
                      f"{err})") from err

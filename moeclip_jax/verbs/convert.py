@@ -27,8 +27,10 @@ def main(argv=None) -> int:
   args = build_parser().parse_args(argv)
   try:
     out = args.func(args)
-  except (common.ConversionError, FileNotFoundError, FileExistsError,
-          ValueError) as e:
+  except common.ConversionError as e:  # its lines list every problem
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  except (FileNotFoundError, FileExistsError, ValueError) as e:
     return console.fail(e)
   print(f"wrote {out}")
   return 0
