@@ -411,3 +411,46 @@ def test_shipped_references_match_the_specs():
       "image_auroc"] == 88.7
   with pytest.raises(ValueError, match="no reference table"):
     references.load("nope")
+
+
+TRAIN_SUITE = '''
+import ml_collections
+
+
+def get_config():
+  c = ml_collections.ConfigDict()
+  c.name = "trained"
+  c.method = "moeclip"
+  c.batch_size = 4
+  c.train = dict(name="src", config="{config}",
+                 overrides={{"data": {{"root": "{data}/src"}}, "total_steps": 3,
+                            "ckpt_every": 3, "batch_size": 8}})
+  c.targets = [dict(name="t1", reader="mvtec", root="{data}/t1"),
+               dict(name="t2", reader="mvtec", root="{data}/t2")]
+  return c
+'''
+
+
+def test_train_spec_trains_once_and_serves_every_target(tmp_path):
+  data = tmp_path / "data"
+  for name, seed in (("src", 1), ("t1", 2), ("t2", 3)):
+    synthetic.write_mvtec_tree(str(data / name), ("thing",), n_train=4,
+                               n_good=2, n_bad=2, size=(40, 40), seed=seed)
+  path = tmp_path / "suite.py"
+  path.write_text(TRAIN_SUITE.format(
+      config=REPO / "configs" / "moeclip_tiny.py", data=data))
+  out = tmp_path / "out"
+  assert verb.main(["run", "--suite", str(path), "--out", str(out)]) == 0
+  detector = out / "train" / "src" / "detector"
+  assert (detector / "config.json").is_file()
+  records = store.load([out])[1]
+  assert sorted(r["unit"]["target"] for r in records) == ["t1", "t2"]
+  assert all(r["status"] == "ok" and r["checkpoint_hash"] for r in records)
+  assert len({r["checkpoint_hash"] for r in records}) == 1  # one training
+  stamp = (detector / "config.json").stat().st_mtime_ns
+  before = _tables(out)
+  outcome = execute.run(suite.load(str(path)),
+                        execute.RunOptions(out=str(out)))
+  assert outcome.done == 0 and outcome.skipped == 2
+  assert (detector / "config.json").stat().st_mtime_ns == stamp  # not retrained
+  assert _tables(out) == before

@@ -263,12 +263,23 @@ def train_source(spec: dict[str, Any], workdir: pathlib.Path) -> None:
   from moeclip_jax.sharding import presets  # pylint: disable=g-import-not-at-top
   from moeclip_jax.train import loop  # pylint: disable=g-import-not-at-top
   config = presets.load_config_file(spec["config"])
-  for field, value in (spec.get("overrides") or {}).items():
-    node, *path = [config, *str(field).split(".")]
+  for field, value in _leaves(spec.get("overrides") or {}):
+    node, *path = [config, *field.split(".")]
     for part in path[:-1]:
       node = node[part]
     node[path[-1]] = value
   loop.train(config, str(workdir))
+
+
+def _leaves(overrides, prefix: str = ""):
+  """("data.root", value) pairs of nested overrides ({"data": {"root":
+  ...}}, as a ConfigDict holds them; a key may itself be dotted)."""
+  for key, value in overrides.items():
+    field = f"{prefix}{key}"
+    if hasattr(value, "items"):
+      yield from _leaves(value, field + ".")
+    else:
+      yield field, value
 
 
 # ---- dry run -------------------------------------------------------------------

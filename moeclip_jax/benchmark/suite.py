@@ -66,7 +66,8 @@ TARGET_KEYS = {
 TRAIN_KEYS = {
     "name": "source name (train/<name>/ under --out)",
     "config": "train config file (configs/*.py)",
-    "overrides": "{field: value} passed as --config.field=value",
+    "overrides": "nested {section: {field: value}} applied to the train "
+                 "config like --config.section.field=value",
     "targets": "targets this detector serves (default: every other)",
     "workdir": "train folder (default OUT/train/<name>; share it across "
                "shards to train once)",
