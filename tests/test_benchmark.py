@@ -270,11 +270,17 @@ def test_resume_after_sigkill_gives_byte_identical_tables(world, tmp_path):
   assert _tables(out) == _tables(world["full"])
 
 
-def test_two_shards_merged_equal_one_run(world, tmp_path):
+def test_two_shards_merged_equal_one_run(world, tmp_path, monkeypatch):
+  """Shard 0 by --shard 0/2, shard 1 as task 8 of `sbatch --array=7-8`
+  with --shard auto and {shard} in --out."""
   halves = [tmp_path / "s0", tmp_path / "s1"]
-  for i, half in enumerate(halves):
-    verb.main(["run", "--suite", str(world["suite"]), "--out", str(half),
-               "--shard", f"{i}/2"])
+  verb.main(["run", "--suite", str(world["suite"]), "--out", str(halves[0]),
+             "--shard", "0/2"])
+  monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "8")
+  monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "7")
+  monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "2")
+  verb.main(["run", "--suite", str(world["suite"]), "--out",
+             str(tmp_path / "s{shard}"), "--shard", "auto"])
   counts = [len(store.load([h])[1]) for h in halves]
   assert sum(counts) == 11 and min(counts) > 0
   merged = tmp_path / "merged"
@@ -294,6 +300,19 @@ def test_dry_run_lists_units_and_missing(world, tmp_path, capsys):
   assert "11 unit(s)" in text and "tiny/visa/candle" in text
   assert "no_such_root" in text
   assert not out.exists()
+
+
+def test_auto_shard_rules(monkeypatch):
+  assert plan.array_shard({}) is None
+  assert plan.array_shard({"SLURM_ARRAY_TASK_ID": "3",
+                           "SLURM_ARRAY_TASK_COUNT": "4"}) == (3, 4)
+  with pytest.raises(ValueError, match="contiguous"):
+    plan.array_shard({"SLURM_ARRAY_TASK_ID": "9", "SLURM_ARRAY_TASK_MIN": "0",
+                      "SLURM_ARRAY_TASK_COUNT": "4"})
+  for var in ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT"):
+    monkeypatch.delenv(var, raising=False)
+  # One process, no cluster variables: the whole suite.
+  assert verb._auto_shard("off") == (0, 1)  # pylint: disable=protected-access
 
 
 # ---- suites --------------------------------------------------------------------

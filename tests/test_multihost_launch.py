@@ -48,11 +48,11 @@ def test_train_cli_help_lists_distributed():
 
 
 def test_distributed_auto_detects_cluster_variables(monkeypatch):
-  from moeclip_jax.train import __main__ as cli  # pylint: disable=g-import-not-at-top
+  from moeclip_jax.sharding import multihost as cli  # pylint: disable=g-import-not-at-top
   calls = []
   monkeypatch.setattr("jax.distributed.initialize",
                       lambda *a, **k: calls.append(1))
-  for var in cli._CLUSTER_VARS:  # pylint: disable=protected-access
+  for var in cli.CLUSTER_VARS:
     monkeypatch.delenv(var, raising=False)
   assert not cli.maybe_initialize_distributed("auto")
   assert not cli.maybe_initialize_distributed("off")

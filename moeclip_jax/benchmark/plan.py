@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from moeclip_jax.benchmark import suite as suite_lib
 from moeclip_jax.data import records as rec
@@ -147,6 +147,20 @@ def parse_shard(text: str | None) -> tuple[int, int]:
   if not match or not 0 <= int(match[1]) < int(match[2]):
     raise ValueError(f"--shard {text!r}: expected I/N with 0 <= I < N")
   return int(match[1]), int(match[2])
+
+
+def array_shard(env: Mapping[str, str]) -> tuple[int, int] | None:
+  """(I, N) of a SLURM job array task (`sbatch --array=0-3`), else None."""
+  if "SLURM_ARRAY_TASK_ID" not in env or "SLURM_ARRAY_TASK_COUNT" not in env:
+    return None
+  low = int(env.get("SLURM_ARRAY_TASK_MIN", 0))
+  index = int(env["SLURM_ARRAY_TASK_ID"]) - low
+  count = int(env["SLURM_ARRAY_TASK_COUNT"])
+  if not 0 <= index < count:
+    raise ValueError(f"SLURM array task {env['SLURM_ARRAY_TASK_ID']} is "
+                     f"outside {low}..{low + count - 1} (use a contiguous "
+                     f"--array range or pass --shard I/N)")
+  return index, count
 
 
 def shard(groups: Sequence[Group], index: int, count: int) -> list[Group]:

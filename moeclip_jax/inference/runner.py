@@ -79,9 +79,11 @@ def scan_records(spec: DatasetSpec,
 
 
 def mesh_and_batch(batch_size: int):
-  """A data-parallel mesh over all devices and the batch rounded up to a
-  multiple of its per-process data shards."""
-  mesh = mesh_lib.make_mesh({"data": -1})
+  """A data-parallel mesh over this process's devices and the batch rounded
+  up to a multiple of its data shards. A detector runs in one process: in
+  a jax.distributed job (`benchmark run --shard auto`) every host predicts
+  its own units on its own chips."""
+  mesh = mesh_lib.make_mesh({"data": -1}, devices=jax.local_devices())
   per = partition.data_parallel_per_process(mesh)
   return mesh, -(-batch_size // per) * per
 

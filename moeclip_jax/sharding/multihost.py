@@ -3,10 +3,27 @@ the same program). Collectives here must be called by every process."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import jax
 import numpy as np
+
+# Variables whose presence means "a launcher started this process as one of
+# several" (TPU VM slice, SLURM, Open MPI, an explicit coordinator).
+CLUSTER_VARS = ("TPU_WORKER_HOSTNAMES", "SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE",
+                "JAX_COORDINATOR_ADDRESS")
+
+
+def maybe_initialize_distributed(mode: str) -> bool:
+  """jax.distributed.initialize() for mode "on", or for "auto" when one of
+  CLUSTER_VARS is set; "off" never. True when it initialised."""
+  if mode == "off":
+    return False
+  if mode == "auto" and not any(v in os.environ for v in CLUSTER_VARS):
+    return False
+  jax.distributed.initialize()
+  return True
 
 
 def gather_strings(text: str) -> list[str]:

@@ -15,12 +15,12 @@ Resumes automatically from the latest checkpoint in --workdir.
 
 from __future__ import annotations
 
-import os
 import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
+from moeclip_jax.sharding.multihost import maybe_initialize_distributed
 from moeclip_jax.utils import console
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -29,20 +29,6 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "output folder (logs, ckpts)")
 _DISTRIBUTED = flags.DEFINE_enum(
     "distributed", "auto", ["auto", "on", "off"],
     "jax.distributed.initialize(): auto = when TPU/SLURM/MPI variables exist")
-
-_CLUSTER_VARS = ("TPU_WORKER_HOSTNAMES", "SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE",
-                 "JAX_COORDINATOR_ADDRESS")
-
-
-def maybe_initialize_distributed(mode: str) -> bool:
-  import jax  # pylint: disable=g-import-not-at-top
-  if mode == "off":
-    return False
-  if mode == "auto" and not any(v in os.environ for v in _CLUSTER_VARS):
-    return False
-  jax.distributed.initialize()
-  return True
-
 
 def _main(argv):
   del argv

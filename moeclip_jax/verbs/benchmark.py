@@ -15,10 +15,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import pathlib
 import sys
 
+import jax
+
 from moeclip_jax.benchmark import execute, plan, report, store, suite
+from moeclip_jax.sharding import multihost
 from moeclip_jax.verbs import common
 
 log = logging.getLogger("moeclip_jax.verbs")
@@ -41,9 +45,17 @@ def build_parser() -> argparse.ArgumentParser:
   run = sub.add_parser("run", help="run a suite's units into the store")
   run.add_argument("--suite", required=True,
                    help=f"suite file or preset ({', '.join(suite.PRESETS)})")
-  run.add_argument("--out", required=True, help="results folder")
+  run.add_argument("--out", required=True,
+                   help="results folder ('{shard}' in it becomes the shard "
+                        "index: one local store per host)")
   run.add_argument("--shard", default=None,
-                   help="I/N: run every N-th unit group, starting at I")
+                   help="I/N: run every N-th unit group, starting at I; "
+                        "'auto': I/N of this process in a jax.distributed "
+                        "job (TPU slice, SLURM, MPI) or a SLURM job array")
+  run.add_argument("--distributed", default="auto",
+                   choices=("auto", "on", "off"),
+                   help="with --shard auto: jax.distributed.initialize() "
+                        "(auto = when TPU/SLURM/MPI variables exist)")
   run.add_argument("--force", action="store_true",
                    help="redo finished units")
   run.add_argument("--dry-run", action="store_true",
@@ -74,8 +86,9 @@ def _split_overrides(argv):
 
 def cmd_run(args, overrides) -> int:
   config = suite.load(args.suite, overrides)
-  shard = plan.parse_shard(args.shard)
-  out = pathlib.Path(args.out)
+  shard = (_auto_shard(args.distributed) if args.shard == "auto"
+           else plan.parse_shard(args.shard))
+  out = pathlib.Path(args.out.format(shard=shard[0]))
   if not args.dry_run:
     common.add_log_file(out, "benchmark")
   log.info("benchmark %s: suite %s, shard %s/%s", config.name, args.suite,
@@ -89,6 +102,16 @@ def cmd_run(args, overrides) -> int:
   for uid in outcome.failed:
     print(f"failed: {uid}", file=sys.stderr)
   return 1 if outcome.failed else 0
+
+
+def _auto_shard(distributed: str) -> tuple[int, int]:
+  """This process's (I, N): a SLURM job array's task, else its index in a
+  jax.distributed job (initialised here), else (0, 1)."""
+  array = plan.array_shard(os.environ)
+  if array is not None:
+    return array
+  multihost.maybe_initialize_distributed(distributed)
+  return jax.process_index(), jax.process_count()
 
 
 def cmd_report(outs, to) -> int:
