@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Usage: bash launch/tpu_vm_run.sh NAME ZONE [--project P] [--sync scp|git|none]
-#            [--git-url URL] [--ref REF] -- TRAIN_ARGS...
+#            [--git-url URL] [--ref REF] [--benchmark] -- ARGS...
 #
-# Runs `python -m moeclip_jax.train --distributed on TRAIN_ARGS...` on every
+# Runs `python -m moeclip_jax.train --distributed on ARGS...` on every
 # worker of the TPU VM slice NAME (one `gcloud compute tpus tpu-vm ssh
 # --worker=all` call); each worker first runs launch/tpu_vm_setup.sh
-# (idempotent). Code reaches the workers by
+# (idempotent). With --benchmark it runs `python -m moeclip_jax.benchmark
+# run --shard auto --distributed on ARGS...` instead: one process per host,
+# each evaluating its own shard of the suite's units on its own chips
+# (see launch/recipes/benchmark_pod.sh). Code reaches the workers by
 #   --sync scp   (default) `git archive HEAD` of this checkout, copied with
 #                `gcloud compute tpus tpu-vm scp --worker=all`;
 #   --sync git   `git clone` / `git fetch` of --git-url at --ref on each worker;
@@ -33,13 +36,14 @@ if [[ $# -lt 3 ]]; then
 fi
 
 NAME="$1"; ZONE="$2"; shift 2
-PROJECT=""; SYNC="scp"; GIT_URL=""; REF="HEAD"
+PROJECT=""; SYNC="scp"; GIT_URL=""; REF="HEAD"; ENTRY="train"
 while [[ $# -gt 0 && "$1" != "--" ]]; do
   case "$1" in
     --project) PROJECT="$2"; shift 2 ;;
     --sync) SYNC="$2"; shift 2 ;;
     --git-url) GIT_URL="$2"; shift 2 ;;
     --ref) REF="$2"; shift 2 ;;
+    --benchmark) ENTRY="benchmark"; shift ;;
     *) echo "unknown option $1 (train arguments go after --)" >&2; exit 2 ;;
   esac
 done
@@ -72,6 +76,11 @@ esac
 
 args=""
 for a in "$@"; do args+=" $(printf %q "$a")"; done
+if [[ "$ENTRY" == "benchmark" ]]; then
+  entry="-m moeclip_jax.benchmark run --shard auto --distributed on"
+else
+  entry="-m moeclip_jax.train --distributed on"
+fi
 remote="set -e; $fetch; cd $REMOTE_DIR; VENV=$VENV bash launch/tpu_vm_setup.sh; \
-$VENV/bin/python -m moeclip_jax.train --distributed on$args"
+$VENV/bin/python $entry$args"
 exec "${GCLOUD[@]}" ssh "$NAME" "${WHERE[@]}" --worker=all --command "$remote"
