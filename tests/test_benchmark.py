@@ -473,3 +473,12 @@ def test_train_spec_trains_once_and_serves_every_target(tmp_path):
   assert outcome.done == 0 and outcome.skipped == 2
   assert (detector / "config.json").stat().st_mtime_ns == stamp  # not retrained
   assert _tables(out) == before
+
+
+def test_docs_list_every_suite_key():
+  text = (REPO / "docs" / "benchmark.md").read_text()
+  for keys in (suite.SUITE_KEYS, suite.TARGET_KEYS, suite.TRAIN_KEYS):
+    for key in keys:
+      assert f"| `{key}` |" in text, key
+  for preset in suite.PRESETS:
+    assert f"`{preset}`" in text, preset

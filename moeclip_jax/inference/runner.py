@@ -30,11 +30,12 @@ from moeclip_jax.eval import reports
 from moeclip_jax.inference import overlay
 from moeclip_jax.sharding import mesh as mesh_lib
 from moeclip_jax.sharding import partition
-from moeclip_jax.utils import console
+from moeclip_jax.utils import console, prefetch
 
 log = logging.getLogger("moeclip_jax.inference")
 BATCH_KEYS = ("image", "class_id")
 HOST_KEYS = ("valid", "label", "class_id", "has_mask", "index", "mask")
+READ_AHEAD = 2  # batches read and decoded ahead of the device
 
 
 # ---- datasets ------------------------------------------------------------------
@@ -115,22 +116,35 @@ def predict_dataset(method, params, context, loader, mesh,
   batch_sh = partition.batch_sharding(mesh)
   context = jax.device_put(context, partition.replicated(mesh))
   parts: dict[str, list] = {}
+  pending = None  # (device outputs, host batch) of the batch in flight
   with jax.set_mesh(mesh):
-    for batch in console.progress(loader, desc, unit="batch"):
-      inputs = partition_batch(batch, batch_sh)
-      out = jax.device_get(predict(params, inputs, context))
-      batch = partition.gather_rows({k: batch[k] for k in HOST_KEYS})
-      valid = np.asarray(batch["valid"], bool)
-      fields = {
-          "image_scores": out["image_score"], "labels": batch["label"],
-          "class_ids": batch["class_id"], "has_mask": batch["has_mask"],
-          "index": batch["index"],
-          "maps": _shrink(out["anomaly_map"], map_size, "mean"),
-          "masks": _shrink(batch["mask"], map_size, "nearest"),
-      }
-      for key, value in fields.items():
-        parts.setdefault(key, []).append(np.asarray(value)[valid])
+    # Batch i + 1 is dispatched (and i + 2, i + 3 read and decoded by the
+    # prefetch thread) before batch i's outputs are fetched.
+    for batch in console.progress(prefetch.background(loader, READ_AHEAD),
+                                  desc, unit="batch"):
+      out = predict(params, partition_batch(batch, batch_sh), context)
+      if pending is not None:
+        _collect(parts, *pending, map_size)
+      pending = (out, batch)
+    if pending is not None:
+      _collect(parts, *pending, map_size)
   return {k: np.concatenate(v, 0) for k, v in parts.items()}
+
+
+def _collect(parts: dict[str, list], out, batch, map_size) -> None:
+  """Appends one batch's valid rows (outputs fetched from the device)."""
+  out = jax.device_get(out)
+  batch = partition.gather_rows({k: batch[k] for k in HOST_KEYS})
+  valid = np.asarray(batch["valid"], bool)
+  fields = {
+      "image_scores": out["image_score"], "labels": batch["label"],
+      "class_ids": batch["class_id"], "has_mask": batch["has_mask"],
+      "index": batch["index"],
+      "maps": _shrink(out["anomaly_map"], map_size, "mean"),
+      "masks": _shrink(batch["mask"], map_size, "nearest"),
+  }
+  for key, value in fields.items():
+    parts.setdefault(key, []).append(np.asarray(value)[valid])
 
 
 def partition_batch(batch: dict, sharding) -> dict:
