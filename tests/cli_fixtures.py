@@ -13,8 +13,8 @@ from moeclip_jax.checkpoint import params as ckpt_params
 
 _CACHE: dict = {}
 
-REDUCED = dict(steps=3, images=8, cell_size=48, image_size=32,
-               batch_size=8, baseline=False)
+REDUCED = dict(steps=3, images=8, train_images=8, cell_size=48,
+               image_size=32, batch_size=8, baseline=False)
 
 
 def demo_result(tmp_path_factory) -> dict:

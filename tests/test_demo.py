@@ -1,14 +1,21 @@
-"""The offline demo end to end (reduced setting) and the overlay PNGs."""
+"""The offline demo end to end (reduced setting), the in-domain learning it
+must show, the showcase overlays and the overlay PNGs."""
 
 import json
+import logging
 import math
+import pathlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
 import cli_fixtures
-from moeclip_jax.inference import overlay
+from moeclip_jax.inference import evaluation, overlay
+
+# Fewer steps than the default (600), same data and model size: measured
+# on 2 cores, in-domain pixel AUROC 58.8 -> 95.6, image AUROC 61.5 -> 76.4.
+LEARNING = dict(steps=300)
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +32,13 @@ def test_demo_writes_every_artefact(demo):
   assert list(metrics["per_class"]) == ["poly"]  # the held-out class only
   for key in ("image_auroc", "pixel_auroc"):
     assert math.isfinite(metrics["mean"][key]), key
+  in_domain = json.loads((out / "in_domain" / "metrics.json").read_text())
+  assert list(in_domain["per_class"]) == ["mono"]  # unseen mono cells
+  assert "in-domain" in report
   for name in ("metrics.csv", "protocol.json", "demo.log",
-               "train/train.log", "train/detector/calibration.json"):
+               "train/train.log", "train/detector/calibration.json",
+               "in_domain/metrics.csv", "overlays/showcase.json",
+               "in_domain/overlays/showcase.json"):
     assert (out / name).is_file(), name
   assert list((out / "train" / "tb").glob("events.out.tfevents.*"))
   assert list((out / "tb").glob("events.out.tfevents.*"))
@@ -73,6 +85,67 @@ def test_heatmap_png_is_a_real_overlay(tmp_path):
   assert red.any() and not red[cold].any()  # outline only around hot area
 
 
+def test_heldout_cells_are_not_training_cells(demo):
+  data = demo["out"] / "data"
+  def pixels(role):
+    return {np.asarray(Image.open(p)).tobytes()
+            for p in (data / role).rglob("good/*.png")}
+  assert pixels("source") and pixels("heldout")
+  assert not pixels("source") & pixels("heldout")
+
+
+def test_showcase_names_the_best_and_worst_images(demo):
+  out = demo["out"]
+  for folder, cls in ((out, "poly"), (out / "in_domain", "mono")):
+    rows = json.loads((folder / "overlays" / "showcase.json").read_text())
+    by_role = {r["role"]: r for r in rows}
+    assert set(by_role) == set(evaluation.SHOWCASE_ROLES)
+    assert all(r["class"] == cls and pathlib.Path(r["path"]).is_file()
+               for r in rows)
+    assert by_role["best_defect"]["label"] == 1
+    assert by_role["missed_defect"]["label"] == 1
+    assert by_role["false_alarm"]["label"] == 0
+    assert by_role["best_defect"]["rank"] <= by_role["missed_defect"]["rank"]
+  report = (out / "report.md").read_text()
+  assert "best defect" in report and "false alarm" in report
+
+
+def test_pick_showcase_takes_the_extremes():
+  scores = np.array([0.2, 0.9, 0.5, 0.7, 0.1])
+  labels = np.array([0, 1, 1, 0, 1])
+  assert evaluation.pick_showcase(scores, labels) == {
+      "best_defect": 1, "missed_defect": 4, "false_alarm": 3}
+  assert evaluation.pick_showcase(scores[[0, 3]], labels[[0, 3]]) == {
+      "false_alarm": 1}
+
+
+def test_demo_learns_in_domain(tmp_path, capfd, caplog):
+  """The trained adapters beat the untrained ones on unseen mono cells;
+  the console shows one line per stage and no prompt-noun warnings."""
+  from moeclip_jax.verbs import demo as demo_lib
+  caplog.set_level(logging.WARNING)
+  result = demo_lib.run(demo_lib.DemoOptions(out=str(tmp_path / "d"),
+                                             **LEARNING))
+  trained = result["reports"]["in_domain"]["mean"]
+  untrained = result["baseline"]["in_domain"]["mean"]
+  assert trained["pixel_auroc"] > untrained["pixel_auroc"] + 0.15, (
+      trained, untrained)
+  assert trained["image_auroc"] > untrained["image_auroc"] + 0.05, (
+      trained, untrained)
+  err = capfd.readouterr().err
+  stages = [ln for ln in err.splitlines() if ln.startswith("[")]
+  assert [s.split("]")[0] + "]" for s in stages] == [
+      f"[{k}/7]" for k in range(1, 8)], err
+  assert "training 300 steps" in err
+  assert not [r for r in caplog.records if "generic noun" in r.getMessage()]
+  report = (tmp_path / "d" / "report.md").read_text()
+  for row in ("mono in-domain | untrained (step 0)",
+              "mono in-domain | trained 300 steps",
+              "poly zero-shot | untrained (step 0)",
+              "poly zero-shot | trained 300 steps"):
+    assert row in report, row
+
+
 def test_demo_refuses_to_overwrite(tmp_path):
   from moeclip_jax.verbs import demo as demo_lib
   (tmp_path / "x").mkdir()
@@ -90,4 +163,9 @@ def test_demo_default_setting_runs(tmp_path, monkeypatch):
   out = tmp_path / "moeclip_demo"
   metrics = json.loads((out / "metrics.json").read_text())
   assert math.isfinite(metrics["mean"]["image_auroc"])
-  assert "untrained adapters (step 0)" in (out / "report.md").read_text()
+  in_domain = json.loads((out / "in_domain" / "metrics.json").read_text())
+  untrained = json.loads((out / "baseline" / "in_domain" /
+                          "metrics.json").read_text())
+  assert in_domain["mean"]["pixel_auroc"] > \
+      untrained["mean"]["pixel_auroc"] + 0.15
+  assert "untrained (step 0)" in (out / "report.md").read_text()

@@ -5,7 +5,8 @@ trained detector) holds
 
   params/        orbax StandardCheckpointer tree
   config.json    what the folder is ({"method": ...} or a backbone config)
-  meta.json      provenance (sources, sha256, options)
+  meta.json      provenance (sources, sha256, options) and "params_files":
+                 {path under params/: size in bytes} as written
   tokenizer/     CLIP BPE files (optional)
 
 Writes go to a temporary sibling folder renamed into place, so an
@@ -29,7 +30,9 @@ from typing import Any, Mapping
 from moeclip_jax.models import tokenize
 
 CONFIG_FILE = "config.json"
+META_FILE = "meta.json"
 PARAMS_DIR = "params"
+FILES_KEY = "params_files"  # meta.json: {path under params/: bytes}
 
 
 class CheckpointError(ValueError):
@@ -103,7 +106,8 @@ def write_params_checkpoint(
     ckptr.save(tmp / PARAMS_DIR, params)
     ckptr.wait_until_finished()
     write_json(tmp / CONFIG_FILE, dict(config))
-    write_json(tmp / "meta.json", dict(meta))
+    write_json(tmp / META_FILE,
+               {**meta, FILES_KEY: params_files(tmp / PARAMS_DIR)})
     if tokenizer_dir is not None:
       shutil.copytree(tokenizer_dir, tmp / "tokenizer")
     if dst.exists():
@@ -133,6 +137,41 @@ def write_checkpoint_with_tokenizer(dst, params, config, meta, tokenizer=None,
       shutil.copy2(src / name, tok / name)
     return write_params_checkpoint(dst, params, config, meta,
                                    tokenizer_dir=tok, overwrite=overwrite)
+
+
+def params_files(params_dir) -> dict[str, int]:
+  """{path under params_dir: size in bytes} of every file in it."""
+  root = pathlib.Path(params_dir)
+  return {p.relative_to(root).as_posix(): p.stat().st_size
+          for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _listed_files(folder: pathlib.Path) -> dict[str, int]:
+  try:
+    meta = json.loads((folder / META_FILE).read_text())
+  except (OSError, ValueError):
+    return {}
+  files = meta.get(FILES_KEY) if isinstance(meta, dict) else None
+  return files if isinstance(files, dict) else {}
+
+
+def _file_problem(folder: pathlib.Path, err: BaseException) -> str | None:
+  """A missing or shortened file of `folder/params`: against meta.json's
+  list (tensorstore reads a missing OCDBT data file as an empty, "truncated"
+  stream), else a local file the error names that does not exist."""
+  for rel, size in _listed_files(folder).items():
+    path = folder / PARAMS_DIR / rel
+    if not path.is_file():
+      return f"missing file {PARAMS_DIR}/{rel}"
+    if path.stat().st_size != size:
+      return (f"file {PARAMS_DIR}/{rel} has {path.stat().st_size} of "
+              f"{size} bytes")
+  for err_i in _chain(err):
+    for found in re.finditer(r'local file "([^"]+)"', str(err_i)):
+      path = pathlib.Path(found.group(1))
+      if not path.exists():
+        return f"missing file {os.path.relpath(path, folder)}"
+  return None
 
 
 def _with_device_sharding(abstract):
@@ -165,9 +204,9 @@ def _chain(err: BaseException) -> list[BaseException]:
 # ("params.txt.token_embedding.embedding/0.0"), the kvstore path, or a
 # params/<name> file.
 _PARAM_PATTERNS = (
-    r"reading \"(?:params\.)?([\w.\-]+?)/[\d.]*\"",
+    r"reading \"(?:params\.)?([\w.\-]+?)/[\w.]*\"",
     r"'path': '(?:params\.)?([\w.\-]+?)/?'",
-    r"params/([\w.\-]+?)(?:/|\"|'|\s|$)",
+    r"params/(?!d/|ocdbt\.process_)([\w.\-]+?)(?:/|\"|'|\s|$)",
     r"'([\w]+(?:\.[\w]+)+)'",
 )
 
@@ -224,8 +263,9 @@ def read_params_checkpoint(path, abstract=None):
 
 def damaged_error(folder, err: BaseException) -> CheckpointError:
   """`<folder>: checkpoint is damaged or incomplete (<param>: <cause>)`."""
+  folder = pathlib.Path(folder)
   name = _param_name(err)
-  cause = _cause(err)
+  cause = _file_problem(folder, err) or _cause(err)
   where = f"{name}: {cause}" if name else cause
   return CheckpointError(
       f"{folder}: checkpoint is damaged or incomplete ({where})")

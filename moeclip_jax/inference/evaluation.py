@@ -4,7 +4,8 @@
     records (runner.scan_all / scan_records) -> detector.eval_runs (one run,
     or one per InCTRL prompt draw) -> eval.evaluate per run -> draws
     aggregated (mean +- std) when the runs are prompt draws -> metrics.json
-    / csv, protocol.json, details.json, overlays, scalars and sample
+    / csv, protocol.json, details.json, overlays (a sample, or the
+    `showcase`: best and worst images per class), scalars and sample
     heatmaps for the `loggers` (utils/tracking.py: TensorBoard in out/tb
     by default; W&B offline, MLflow file store).
 
@@ -21,13 +22,22 @@ from typing import Any
 
 import numpy as np
 
-from moeclip_jax.eval import draws, reports
+from moeclip_jax.eval import draws, protocols, reports
 from moeclip_jax.eval import evaluate as eval_lib
 from moeclip_jax.inference import overlay, runner, tiling
 from moeclip_jax.utils import images as image_utils
 from moeclip_jax.utils import io, tracking
 
 EXTRA_KEYS = ("std", "prompt_draws")
+SHOWCASE_FILE = "showcase.json"
+# What each showcase overlay is: role -> (label it picks, which end of the
+# protocol's image scores, what it shows).
+SHOWCASE_ROLES = {
+    "best_defect": (1, "top", "the highest-scoring defective image"),
+    "missed_defect": (1, "bottom", "the lowest-scoring defective image "
+                      "(the most missed defect)"),
+    "false_alarm": (0, "top", "the highest-scoring normal image"),
+}
 
 
 def checkpoint_hash(checkpoint_dir) -> str:
@@ -46,12 +56,15 @@ def evaluate_detector(detector, spec: runner.DatasetSpec, out,
                       map_size: int | None = None,
                       overlays_per_class: int = 4,
                       tile: tiling.TileSpec | None = None,
-                      loggers: str = "tensorboard") -> dict[str, Any]:
+                      loggers: str = "tensorboard",
+                      showcase: bool = False) -> dict[str, Any]:
   """Predicts, evaluates and writes every report file; returns the report.
 
   `detector`: what `load_detector(dir, **method_options)` returns; `tile`:
   predict each image in tiles (`tiling.eval_runs`) instead; `loggers`:
-  tracking backends ("tensorboard,wandb,mlflow", "" for none).
+  tracking backends ("tensorboard,wandb,mlflow", "" for none); `showcase`:
+  the overlays are the best and worst images of each class
+  (`write_showcase`, listed in overlays/showcase.json) instead of a sample.
   """
   out = pathlib.Path(out)
   protocol = protocol or detector.default_protocol
@@ -71,8 +84,12 @@ def evaluate_detector(detector, spec: runner.DatasetSpec, out,
     first = first or pred
   report = _combine(runs, meta, out)
   write_all_reports(report, out)
-  write_overlays(first, records, out / "overlays", overlays_per_class,
-                 to_image)
+  if showcase:
+    write_showcase(first, records, out / "overlays", protocol,
+                   detector.domain, to_image)
+  else:
+    write_overlays(first, records, out / "overlays", overlays_per_class,
+                   to_image)
   log_report(loggers, out, report, first, {**meta, "protocol": protocol})
   return report
 
@@ -150,6 +167,27 @@ def _sample(pred, cid: int, per_class: int) -> list[int]:
   return bad + good[:per_class - len(bad)]
 
 
+def _write_overlay(pred, records, i: int, bounds, target: pathlib.Path,
+                   to_image) -> str:
+  """One [original | heatmap | contour] PNG of prediction `i`; the map is
+  shown after min-max over `bounds` (lo, hi), the contour at 0.5."""
+  lo, hi = bounds
+  record = records[int(pred["index"][i])]
+  image = image_utils.load_rgb(record.image_path)
+  shown = to_image((pred["maps"][i] - lo) / max(hi - lo, 1e-12),
+                   image.shape[:2])
+  return str(overlay.save_png(target, overlay.panels(image, shown, 0.5)))
+
+
+def _map_bounds(pred, sel) -> tuple[float, float]:
+  return float(pred["maps"][sel].min()), float(pred["maps"][sel].max())
+
+
+def _tag_stem(pred, records, i: int) -> str:
+  tag = "anomalous" if pred["labels"][i] else "normal"
+  return f"{tag}_{pathlib.Path(records[int(pred['index'][i])].image_path).stem}"
+
+
 def write_overlays(pred, records, folder, per_class: int,
                    to_image=overlay.resize_map) -> list[str]:
   """[original | heatmap | contour] PNGs of a sample per class.
@@ -160,17 +198,62 @@ def write_overlays(pred, records, folder, per_class: int,
   """
   written = []
   for cid, name in enumerate(pred["class_names"]):
-    sel = pred["class_ids"] == cid
-    lo, hi = pred["maps"][sel].min(), pred["maps"][sel].max()
+    bounds = _map_bounds(pred, pred["class_ids"] == cid)
     for i in _sample(pred, cid, per_class):
-      record = records[int(pred["index"][i])]
-      image = image_utils.load_rgb(record.image_path)
-      shown = to_image((pred["maps"][i] - lo) / max(hi - lo, 1e-12),
-                       image.shape[:2])
-      tag = "anomalous" if pred["labels"][i] else "normal"
-      stem = pathlib.Path(record.image_path).stem
-      target = pathlib.Path(folder) / name / f"{tag}_{stem}_{i}.png"
-      path = overlay.save_png(target, overlay.panels(image, shown, 0.5))
-      written.append(str(path))
+      target = pathlib.Path(folder) / name / \
+          f"{_tag_stem(pred, records, i)}_{i}.png"
+      written.append(_write_overlay(pred, records, i, bounds, target,
+                                    to_image))
   return written
+
+
+def class_scores(pred, cid: int, protocol: str, domain: str | None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+  """(positions [n] of class `cid` in `pred`, their image scores [n] after
+  the protocol's post-processing: the scores its metrics rank)."""
+  sel = np.flatnonzero(pred["class_ids"] == cid)
+  maps = pred["maps"][sel] if pred["has_mask"].any() else None
+  scores, _ = protocols.apply_protocol(
+      protocols.get_protocol(protocol), pred["image_scores"][sel], maps,
+      domain or "industrial")
+  return sel, np.asarray(scores, np.float64)
+
+
+def pick_showcase(scores: np.ndarray, labels: np.ndarray) -> dict[str, int]:
+  """{role: position} for each `SHOWCASE_ROLES` role whose label occurs:
+  the best-scoring defect, the most missed defect, the worst false alarm."""
+  picks = {}
+  for role, (label, end, _) in SHOWCASE_ROLES.items():
+    pos = np.flatnonzero(labels == label)
+    if pos.size:
+      order = pos[np.argsort(scores[pos], kind="stable")]
+      picks[role] = int(order[-1] if end == "top" else order[0])
+  return picks
+
+
+def write_showcase(pred, records, folder, protocol: str,
+                   domain: str | None = None,
+                   to_image=overlay.resize_map) -> list[dict]:
+  """Overlays of each class's best and worst images (`pick_showcase` on
+  the protocol's scores), named `<role>_<tag>_<stem>.png`; writes and
+  returns their list ({class, role, path, score, rank, of, label}; rank 1
+  = the class's highest score) in folder/showcase.json."""
+  folder, rows = pathlib.Path(folder), []
+  for cid, name in enumerate(pred["class_names"]):
+    sel, scores = class_scores(pred, cid, protocol, domain)
+    if not sel.size:
+      continue
+    bounds = _map_bounds(pred, sel)
+    labels = np.asarray(pred["labels"])[sel]
+    ranks = len(scores) - np.argsort(np.argsort(scores, kind="stable"),
+                                     kind="stable")
+    for role, k in pick_showcase(scores, labels).items():
+      i = int(sel[k])
+      target = folder / name / f"{role}_{_tag_stem(pred, records, i)}.png"
+      path = _write_overlay(pred, records, i, bounds, target, to_image)
+      rows.append({"class": name, "role": role, "path": path,
+                   "score": float(scores[k]), "rank": int(ranks[k]),
+                   "of": int(len(scores)), "label": int(labels[k])})
+  io.write_json(folder / SHOWCASE_FILE, rows)
+  return rows
 
