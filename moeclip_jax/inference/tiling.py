@@ -18,8 +18,9 @@ plus one chunk of tiles, whatever the tile count. Image score: "max" (of
 the tile scores, default), "mean" (of the tile scores) or "map_max" (of the
 stitched map).
 
-Entry points: `predict_tiled` (one image: the function `serve` calls),
-`predict_images` (the `predict` verb), `eval_runs` (the `eval` verb: one
+Entry points: `predict_tiled` (one image), `predict_images` (the
+`predict` verb, `serve --tile` and the Python API's `tile=`, through
+`inference/decision.py` `run_images`), `eval_runs` (the `eval` verb: one
 run with the loose-image semantics of each detector: InCTRL scores against
 --prompts, AnomalyMoE with the stored or first-chunk min-max).
 """
@@ -144,12 +145,12 @@ def predict_tiled(detector, image: np.ndarray, class_name: str,
   r = ramp(spec.size, spec.overlap)
   window = np.outer(r, r).astype(np.float32)  # [size, size]
   acc = np.zeros((ph, pw), np.float32)  # [H, W]
-  where_all = [(t, left) for t in tops for left in lefts]
+  corners = [(t, left) for t in tops for left in lefts]
   chunk = max(1, CHUNK_BATCHES * batch_size)
   scores = []
-  starts = range(0, len(where_all), chunk)
+  starts = range(0, len(corners), chunk)
   for start in console.progress(starts, desc, total=len(starts)):
-    where = where_all[start:start + chunk]
+    where = corners[start:start + chunk]
     tiles = [image[t:t + spec.size, left:left + spec.size]
              for t, left in where]
     maps, tile_scores = detector.predict_images(

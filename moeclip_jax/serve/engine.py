@@ -191,7 +191,7 @@ class Engine:
     """The reply entry of one image (its map on the image, if asked)."""
     d = decision.decide(scored, hw, rule, maps=False)
     out = {"score": d.score, "is_anomalous": d.is_anomalous,
-           "threshold": d.threshold}
+           "threshold": d.threshold, "threshold_source": d.threshold_source}
     if return_map == "none":
       return out
     hw = _map_hw(hw, map_size)
