@@ -10,7 +10,6 @@ MoECLIP detector, plus a model-free detector for the input forms."""
 import json
 import logging
 import pathlib
-import shutil
 
 import numpy as np
 import pytest
@@ -160,17 +159,12 @@ def test_no_registered_detector_overrides_the_decision_form():
 
 
 # ---- the reduced demo's MoECLIP detector ------------------------------------
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-  return cli_fixtures.demo_result(tmp_path_factory)
-
-
 @pytest.fixture()
-def checkpoint(demo, tmp_path):
-  dst = tmp_path / "detector"
-  shutil.copytree(demo["detector"], dst)
-  (dst / calibration.FILE).unlink(missing_ok=True)
-  return dst
+def demo(tmp_path_factory):
+  """(the demo run, a private uncalibrated copy of its detector)."""
+  run = cli_fixtures.demo_result(tmp_path_factory)  # once per session
+  return run, cli_fixtures.uncalibrated_copy(run, tmp_path_factory.mktemp(
+      "decide") / "detector")
 
 
 def _normals(folder, n, seed):
@@ -186,7 +180,8 @@ def _normals(folder, n, seed):
 
 
 def test_calibrate_round_trips_and_pixel_fpr_holds_on_held_out(
-    checkpoint, tmp_path):
+    demo, tmp_path):
+  _, checkpoint = demo
   fit = _normals(tmp_path / "fit", 24, seed=0)
   held = _normals(tmp_path / "held", 24, seed=1)
   target = 0.1
@@ -211,7 +206,8 @@ def test_calibrate_round_trips_and_pixel_fpr_holds_on_held_out(
   assert image_rate <= 0.5  # the image threshold keeps its own --fpr
 
 
-def test_save_masks_pngs_are_the_api_masks(demo, checkpoint, tmp_path):
+def test_save_masks_pngs_are_the_api_masks(demo, tmp_path):
+  demo, checkpoint = demo
   normal = cli_fixtures.target_root(demo) / "poly" / "train" / "good"
   assert cli.main(["calibrate", "--checkpoint", str(checkpoint), "--normal",
                    str(normal), "--class-name", "poly", "--fpr", "0.5"]) == 0
