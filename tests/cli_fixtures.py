@@ -30,6 +30,17 @@ def demo_result(tmp_path_factory) -> dict:
   return _CACHE["demo"]
 
 
+def uncalibrated_copy(result, dst) -> pathlib.Path:
+  """A private copy of the demo detector without calibration.json (tests
+  that write one)."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  from moeclip_jax.inference import calibration  # pylint: disable=g-import-not-at-top
+  dst = pathlib.Path(dst)
+  shutil.copytree(result["detector"], dst)
+  (dst / calibration.FILE).unlink(missing_ok=True)
+  return dst
+
+
 def target_root(result) -> pathlib.Path:
   return result["out"] / "data" / "target"
 

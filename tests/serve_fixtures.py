@@ -17,15 +17,17 @@ from moeclip_jax import cli
 
 
 @contextlib.contextmanager
-def client_for(checkpoint, options=None, classes=None, **config):
-  """A started TestClient (warm-up done) on `checkpoint`."""
+def client_for(checkpoint, options=None, classes=None, tile=None,
+               **config):
+  """A started TestClient (warm-up done) on `checkpoint` (`tile`: a
+  tiling.TileSpec, as `serve --tile`)."""
   from fastapi.testclient import TestClient  # pylint: disable=g-import-not-at-top
   from moeclip_jax.serve import app as app_lib  # pylint: disable=g-import-not-at-top
   from moeclip_jax.serve import engine as engine_lib  # pylint: disable=g-import-not-at-top
   from moeclip_jax.verbs import common  # pylint: disable=g-import-not-at-top
   detector = common.load_detector(checkpoint, options)
   cfg = app_lib.ServeConfig(**config)
-  engine = engine_lib.Engine(detector, cfg.max_batch, classes)
+  engine = engine_lib.Engine(detector, cfg.max_batch, classes, tile)
   app = app_lib.create_app(engine, cfg)
   with TestClient(app) as client:
     wait_healthy(client.get)

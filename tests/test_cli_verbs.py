@@ -3,7 +3,6 @@ predict --threshold auto, export equality, help texts."""
 
 import json
 import pathlib
-import shutil
 import subprocess
 import sys
 
@@ -25,11 +24,7 @@ def demo(tmp_path_factory):
 
 @pytest.fixture()
 def checkpoint(demo, tmp_path):
-  """A private copy of the demo detector (tests write calibration.json)."""
-  dst = tmp_path / "detector"
-  shutil.copytree(demo["detector"], dst)
-  (dst / calibration.FILE).unlink(missing_ok=True)
-  return dst
+  return cli_fixtures.uncalibrated_copy(demo, tmp_path / "detector")
 
 
 def test_top_level_help_lists_every_verb(capsys):

@@ -27,10 +27,7 @@ def demo(tmp_path_factory):
 
 @pytest.fixture()
 def checkpoint(demo, tmp_path):
-  dst = tmp_path / "detector"
-  shutil.copytree(demo["detector"], dst)
-  (dst / calibration.FILE).unlink(missing_ok=True)
-  return dst
+  return cli_fixtures.uncalibrated_copy(demo, tmp_path / "detector")
 
 
 def _image(path, h=40, w=40, seed=0):

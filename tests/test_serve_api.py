@@ -16,6 +16,7 @@ pytest.importorskip("httpx")
 
 import cli_fixtures  # pylint: disable=g-import-not-at-top,wrong-import-position
 import serve_fixtures as sf  # pylint: disable=g-import-not-at-top,wrong-import-position
+import moeclip_jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 from moeclip_jax import cli  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 MAX_BYTES, MAX_PIXELS = 20_000, 100 * 100
@@ -200,6 +201,42 @@ def test_not_healthy_before_warm_up(demo):
   assert r.status_code == 503 and r.json()["status"] == "warming_up"
   r = bare.post("/v1/predict", files=sf.files(("a.png", b"x")))
   assert r.status_code == 503 and r.json()["error"]["code"] == "warming_up"
+
+
+def test_tiled_request_scores_like_predict_tile(demo, tmp_path):
+  from moeclip_jax.inference import tiling  # pylint: disable=g-import-not-at-top
+  big = tmp_path / "in" / "big.png"
+  big.parent.mkdir()
+  Image.fromarray(sf.noise(70, 101, seed=3)).save(big)
+  ck = demo["detector"]
+  row = sf.predict_score(ck, big, tmp_path / "pred", "--class-name", "poly",
+                         "--tile", "32,8", "--save-maps")
+  want, = [np.load(p) for p in (tmp_path / "pred" / "maps").glob("*.npy")]
+  assert want.shape == (70, 101)
+  with sf.client_for(ck, tile=tiling.TileSpec(32, 8), max_batch=4) as c:
+    assert c.get("/v1/model").json()["tile"] == {"size": 32, "overlap": 8,
+                                                 "score": "max"}
+    r = _post(c, (big.name, big.read_bytes()), class_name="poly",
+              return_map="array")
+    assert r.status_code == 200, r.text
+    got = r.json()["results"][0]
+    assert abs(got["score"] - row["score"]) <= 1e-6
+    assert got["threshold"] == row["threshold"]
+    assert got["is_anomalous"] == row["is_anomalous"]
+    np.testing.assert_allclose(np.asarray(got["map"]), want, atol=1e-5)
+    assert got["timings"]["tiles"] == 12  # 3 x 4 tiles of 32 px, stride 24
+    assert got["timings"]["batch_size"] == 4
+    png = _post(c, (big.name, big.read_bytes()), class_name="poly",
+                return_map="png", map_size=50).json()["results"][0]
+    assert Image.open(io.BytesIO(base64.b64decode(png["map_png"]))).size \
+        == (50, 35)
+    stats = c.get("/v1/stats").json()
+    assert stats["tiled"] == {"images": 2, "tiles": 24}
+    assert stats["batches"] == []  # tiled images bypass the batcher
+  d, = moeclip_jax.load_detector(ck).predict(big, class_name="poly",
+                                             tile="32,8")
+  assert d.score == pytest.approx(row["score"], abs=1e-6)
+  np.testing.assert_allclose(d.raw_map, want, atol=1e-5)
 
 
 # ---- other methods ----------------------------------------------------------

@@ -18,8 +18,9 @@ plus one chunk of tiles, whatever the tile count. Image score: "max" (of
 the tile scores, default), "mean" (of the tile scores) or "map_max" (of the
 stitched map).
 
-Entry points: `predict_tiled` (one image: the function `serve` calls),
-`predict_images` (the `predict` verb), `eval_runs` (the `eval` verb: one
+Entry points: `predict_tiled` (one image), `predict_images` (the
+`predict` verb, `serve --tile` and the Python API's `tile=`, through
+`inference/decision.py` `run_images`), `eval_runs` (the `eval` verb: one
 run with the loose-image semantics of each detector: InCTRL scores against
 --prompts, AnomalyMoE with the stored or first-chunk min-max).
 """
@@ -87,6 +88,14 @@ def positions(length: int, size: int, overlap: int) -> list[int]:
   return out
 
 
+def grid(hw, spec: TileSpec) -> tuple[list[int], list[int]]:
+  """(tile tops, tile lefts) of an image of size `hw` (edge-padded to at
+  least one tile)."""
+  h, w = max(int(hw[0]), spec.size), max(int(hw[1]), spec.size)
+  return (positions(h, spec.size, spec.overlap),
+          positions(w, spec.size, spec.overlap))
+
+
 def ramp(size: int, overlap: int) -> np.ndarray:
   """float64[size]: 1 inside, linear over `overlap` pixels at both ends."""
   w = np.ones(size, np.float64)
@@ -132,17 +141,16 @@ def predict_tiled(detector, image: np.ndarray, class_name: str,
   h, w = image.shape[:2]
   image = _padded(image, spec.size)
   ph, pw = image.shape[:2]
-  tops = positions(ph, spec.size, spec.overlap)
-  lefts = positions(pw, spec.size, spec.overlap)
+  tops, lefts = grid((ph, pw), spec)
   r = ramp(spec.size, spec.overlap)
   window = np.outer(r, r).astype(np.float32)  # [size, size]
   acc = np.zeros((ph, pw), np.float32)  # [H, W]
-  grid = [(t, left) for t in tops for left in lefts]
+  corners = [(t, left) for t in tops for left in lefts]
   chunk = max(1, CHUNK_BATCHES * batch_size)
   scores = []
-  starts = range(0, len(grid), chunk)
+  starts = range(0, len(corners), chunk)
   for start in console.progress(starts, desc, total=len(starts)):
-    where = grid[start:start + chunk]
+    where = corners[start:start + chunk]
     tiles = [image[t:t + spec.size, left:left + spec.size]
              for t, left in where]
     maps, tile_scores = detector.predict_images(

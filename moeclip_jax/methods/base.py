@@ -47,7 +47,7 @@ from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
 import numpy as np
 
-from moeclip_jax.inference import runner
+from moeclip_jax.inference import decision, runner
 
 
 class Method(Protocol):
@@ -149,9 +149,22 @@ class Detector(Protocol):
   def cli_options(cls) -> Sequence[Option]:
     """The method's own flags, with their help (InCTRL --shots, ...)."""
 
-  def predict(self, images, class_names=None, **method_options
-              ) -> Predictions:
-    """uint8 [B, H, W, 3] (any size; or a list) -> maps at the input size."""
+  def predict(self, images, class_names=None, *, class_name=None,
+              threshold="auto", tile=None, batch_size: int = 8,
+              **method_options):
+    """Two forms (`DetectorBase.predict`): with `class_name=` (or paths /
+    PIL images) -> [inference.decision.Decision], one per image; else
+    uint8 [B, H, W, 3] -> raw `Predictions` (`predict_maps`)."""
+
+  def predict_maps(self, images, class_names=None, **method_options
+                   ) -> Predictions:
+    """uint8 [B, H, W, 3] (any size; or a list) -> raw maps at the input
+    size and the method's own image scores (no calibration)."""
+
+  def decide(self, images, class_name: str | None = None, threshold="auto",
+             tile=None, batch_size: int = 8) -> list:
+    """Paths / PIL images / uint8 arrays -> [Decision] with the
+    checkpoint's calibration (`inference/decision.py`)."""
 
   def predict_images(self, images: Sequence[np.ndarray], class_name: str,
                      batch_size: int = 8, entry: dict | None = None,
@@ -234,6 +247,66 @@ class DetectorBase:
   @classmethod
   def cli_options(cls) -> Sequence[Option]:
     return ()
+
+  # ---- the Python API: decisions, or raw maps ----
+  def predict(self, images, class_names=None, *, class_name=None,
+              threshold="auto", tile=None, batch_size: int = 8,
+              **method_options):
+    """Decisions for images of one class, or the raw maps.
+
+      det = moeclip_jax.load_detector(checkpoint_dir)
+      preds = det.predict(["a.png", pil_image, uint8_array],
+                          class_name="bottle")
+      preds[0].score, preds[0].is_anomalous, preds[0].threshold
+      preds[0].anomaly_map   # float32[H, W] at that image's size
+      preds[0].mask          # bool[H, W]: anomaly_map >= pixel_threshold
+
+    The decision form (`class_name=` given, or any input a path or a PIL
+    image, or `threshold` / `tile` given) returns one
+    `inference.decision.Decision` per image, with the image threshold and
+    pixel threshold that `moeclip-jax calibrate` stored in the checkpoint
+    (calibration.json). Without a calibration entry for the class (and no
+    other entry to fall back to) it raises ValueError saying how to
+    calibrate, unless `threshold` is a number: then the score is the
+    detector's own image score and the mask uses the per-image min-max
+    map at `calibration.DEFAULT_MAP_THRESHOLD`. A class without its own
+    entry that falls back to another class's is warned about (naming
+    both). `tile`: "SIZE[,OVERLAP]" or a `tiling.TileSpec` (as `predict
+    --tile`). Method options (domain, shots, ...) are given to
+    `load_detector`.
+
+    The raw form (uint8 arrays and `class_names` positional or keyword,
+    the earlier API) returns `Predictions` (`predict_maps`): the maps at
+    the input size and the method's own image scores, uncalibrated.
+    """
+    if (class_name is None and threshold == "auto" and tile is None
+        and not decision.is_undecoded(images)):
+      return self.predict_maps(images, class_names, **method_options)
+    if class_names is not None or method_options:
+      given = sorted(method_options) + (["class_names"] if class_names
+                                        is not None else [])
+      raise TypeError(f"predict(class_name=...) takes no {', '.join(given)}"
+                      " (method options go to load_detector)")
+    return self.decide(images, class_name, threshold, tile, batch_size)
+
+  def decide(self, images, class_name=None, threshold="auto", tile=None,
+             batch_size: int = 8) -> list:
+    """[Decision] of images of one class (`predict`'s decision form)."""
+    return decision.decide_images(self, images, class_name, threshold,
+                                  batch_size, tile)
+
+  def predict_maps(self, images, class_names=None, **method_options
+                   ) -> Predictions:
+    """Default raw form: `predict_images` + `map_to_image` per image."""
+    del method_options
+    class_name = (class_names if isinstance(class_names, str) or
+                  class_names is None else class_names[0])
+    images = [np.asarray(im) for im in images]
+    maps, scores = self.predict_images(
+        images, class_name or self.default_class_name(), desc=None)
+    full = [self.map_to_image(m, im.shape[:2]) for m, im in zip(maps, images)]
+    same = len({f.shape for f in full}) == 1
+    return Predictions(scores, np.stack(full) if same else full)
 
   @classmethod
   def check_options(cls, checkpoint_dir, options: Mapping[str, Any]) -> None:

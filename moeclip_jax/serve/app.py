@@ -5,6 +5,7 @@ Routes (docs/serve.md; FastAPI's OpenAPI page at /docs):
   GET  /healthz     200 {"status": "ok"} once warm-up compiled, else 503;
   GET  /v1/model    method, image size, classes, thresholds, protocol, ...;
   GET  /v1/stats    batches run so far {"batches": [[images, bucket, n]],
+                    "tiled": {"images", "tiles"} (--tile),
                     "in_flight": predict requests being handled};
   POST /v1/predict  multipart `images` (repeatable) + fields, or JSON with
                     base64 images -> {"results": [...]};
@@ -249,9 +250,8 @@ class Service:
     except errors.ApiError as err:
       shared = err
     if shared is None:
-      threshold, _ = self.engine.threshold(opts["threshold"], class_name)
-      entries = await self._score(items, class_name, threshold, opts,
-                                  deadline)
+      rule = self.engine.rule(opts["threshold"], class_name)
+      entries = await self._score(items, class_name, rule, opts, deadline)
     else:
       entries = [shared] * len(items)
     if len(entries) == 1 and isinstance(entries[0], errors.ApiError):
@@ -259,7 +259,7 @@ class Service:
     return 200, {"results": [e.body() if isinstance(e, errors.ApiError)
                              else e for e in entries]}
 
-  async def _score(self, items, class_name, threshold, opts, deadline):
+  async def _score(self, items, class_name, rule, opts, deadline):
     cfg = self.config
 
     async def one(name, data):
@@ -269,11 +269,13 @@ class Service:
       try:
         image = await self.in_pool(decode.decode_image, data, name,
                                    cfg.max_bytes, cfg.max_pixels)
-        pending = self.batcher.submit(image, class_name)
+        pending = (None if self.engine.tile is not None
+                   else self.batcher.submit(image, class_name))
       finally:
         self.batcher.settle()
-      scored, timings = await pending
-      finish = (self.engine.finish, scored, image.shape[:2], threshold,
+      scored, timings = await (self._tiled(image, class_name)
+                               if pending is None else pending)
+      finish = (self.engine.finish, scored, image.shape[:2], rule,
                 opts["return_map"], opts["map_size"])
       entry = (finish[0](*finish[1:]) if opts["return_map"] == "none"
                else await self.in_pool(*finish))  # maps: off the loop
@@ -295,6 +297,22 @@ class Service:
         err = errors.ApiError("internal", f"{type(err).__name__}: {err}")
       out.append(err if err is not None else task.result())
     return out
+
+  async def _tiled(self, image, class_name: str):
+    """(Scored, timings) of one image in tiles (`serve --tile`): its own
+    call on the compute thread, not the batcher's queue; the tiles are
+    batched in the engine."""
+    queued = time.perf_counter()
+
+    def run():
+      start = time.perf_counter()
+      scored, facts = self.engine.run_tiled(image, class_name)
+      return scored, facts, start, time.perf_counter()
+
+    scored, facts, start, end = await self.batcher.call(run)
+    return scored, {"queue_ms": round((start - queued) * 1000.0, 3),
+                    "compute_ms": round((end - start) * 1000.0, 3),
+                    **facts}
 
   async def upload_prompts(self, request) -> dict:
     self.check_ready()
@@ -388,7 +406,7 @@ def create_app(engine, config: ServeConfig | None = None):
   async def stats():
     return {"batches": [[n, b, c] for (n, b), c in
                         sorted(engine.batches.items())],
-            "in_flight": service.in_flight}
+            "tiled": dict(engine.tiled), "in_flight": service.in_flight}
 
   @app.post("/v1/predict", openapi_extra=PREDICT_OPENAPI)
   async def predict(request: Request):

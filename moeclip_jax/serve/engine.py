@@ -4,10 +4,16 @@ Every batch is padded with zeros to the smallest bucket that holds it
 (1, 2, 4, ... up to --max-batch) and every bucket is compiled by `warm_up`
 before the server reports healthy, so no request waits on a compile (an
 open-vocabulary class first seen at request time still encodes its text
-once). Raw outputs go through the very functions `predict` uses
-(`inference.calibration.score_images`), so a served score equals
-`moeclip-jax predict`'s for the same file (float32 rounding of another
-batch shape aside, ~1e-7).
+once). Raw outputs go through the very functions `predict` and the Python
+API use (`inference/decision.py`: `score_batch`, `decide`), so a served
+score equals `moeclip-jax predict`'s for the same file (float32 rounding of
+another batch shape aside, ~1e-7).
+
+With `tile` (`serve --tile SIZE[,OVERLAP]`) every image is predicted in
+tiles (`inference/tiling.py`, as `predict --tile`): `run_tiled` scores one
+image per call, its tiles in jitted batches of the smallest warmed-up
+bucket that holds them (at most --max-batch), the map stitched at the
+image's size.
 
 The engine names no method: per-class state (reference prompt images,
 class statistics) goes through the detector's serving hooks
@@ -20,14 +26,13 @@ from __future__ import annotations
 
 import base64
 import collections
-import dataclasses
 import io
 import logging
 from typing import Sequence
 
 import numpy as np
 
-from moeclip_jax.inference import calibration, overlay
+from moeclip_jax.inference import calibration, decision, overlay, tiling
 from moeclip_jax.serve import errors
 
 log = logging.getLogger("moeclip_jax.serve")
@@ -46,14 +51,7 @@ def bucket_sizes(max_batch: int) -> tuple[int, ...]:
   return tuple(sizes + [max_batch])
 
 
-@dataclasses.dataclass
-class Scored:
-  """One image's outputs: score, raw map and display map at model size."""
-
-  score: float
-  raw_map: np.ndarray  # float[S, S]
-  shown: np.ndarray  # float[S, S] in [0, 1]
-  map_threshold: float
+Scored = decision.Scored  # one image's outputs on the detector's grid
 
 
 class Engine:
@@ -64,11 +62,15 @@ class Engine:
     max_batch: the largest jitted batch.
     classes: the served classes (None: calibrated / trained / prompt-set
       classes; open vocabulary when there are none).
+    tile: predict every image in tiles (None: whole images, batched).
   """
 
   def __init__(self, detector, max_batch: int = 8,
-               classes: Sequence[str] | None = None):
+               classes: Sequence[str] | None = None,
+               tile: tiling.TileSpec | None = None):
     self.detector = detector
+    self.tile = tile
+    self.tiled = collections.Counter()  # "images", "tiles" run tiled
     self.method = detector.method
     self.buckets = bucket_sizes(max_batch)
     self.calibration = calibration.load(detector.checkpoint_dir)
@@ -112,9 +114,11 @@ class Engine:
   def entry(self, class_name: str) -> dict | None:
     return calibration.entry_for(self.calibration, class_name)
 
-  def threshold(self, spec, class_name: str) -> tuple[float | None, str]:
+  def rule(self, spec, class_name: str) -> decision.ClassRule:
+    """The request's decision rule (threshold `spec`: 'auto' / a number)."""
     try:
-      return calibration.resolve_threshold(spec, self.entry(class_name))
+      return decision.class_rule(self.calibration, class_name, spec,
+                                 warn_as=None)
     except ValueError:
       raise errors.ApiError("bad_request", "threshold must be 'auto' or a "
                             f"number, got {spec!r}") from None
@@ -138,13 +142,27 @@ class Engine:
     b = self.bucket_for(len(images))
     entry = self.entry(class_name)
     model_entry = self.detector.select_class(class_name, entry, warm_up)
-    raw_maps, raw_scores = self.detector.predict_images(
-        list(images), class_name, b, model_entry, desc=None)
-    shown, scores, map_thr = calibration.score_images(
-        raw_maps, raw_scores, entry, self.detector.score_fusion)
+    raw_maps, raw_scores, to_image = decision.run_images(
+        self.detector, images, class_name, model_entry, b)
     self.batches[(len(images), b)] += 1
-    return [Scored(float(scores[i]), raw_maps[i], shown[i],
-                   float(map_thr[i])) for i in range(len(images))], b
+    return decision.score_batch(raw_maps, raw_scores, entry,
+                                self.detector.score_fusion, to_image), b
+
+  def run_tiled(self, image: np.ndarray, class_name: str
+                ) -> tuple[Scored, dict]:
+    """Scores one image in tiles (`self.tile`); (its `Scored`, facts
+    {"tiles", "batch_size"})."""
+    tops, lefts = tiling.grid(image.shape[:2], self.tile)
+    n = len(tops) * len(lefts)
+    b = self.bucket_for(min(n, self.buckets[-1]))
+    entry = self.entry(class_name)
+    model_entry = self.detector.select_class(class_name, entry)
+    raw_maps, raw_scores, to_image = decision.run_images(
+        self.detector, [image], class_name, model_entry, b, self.tile)
+    self.tiled.update(images=1, tiles=n)
+    scored, = decision.score_batch(raw_maps, raw_scores, entry,
+                                   self.detector.score_fusion, to_image)
+    return scored, {"tiles": n, "batch_size": b}
 
   def warm_up(self) -> None:
     """Compiles every bucket (for every served class, up to 64; a class
@@ -168,22 +186,21 @@ class Engine:
       raise errors.ApiError("bad_prompts", str(err)) from None
 
   # ---- outputs (any thread) ----
-  def finish(self, scored: Scored, hw, threshold: float | None,
+  def finish(self, scored: Scored, hw, rule: decision.ClassRule,
              return_map: str, map_size: int | None) -> dict:
     """The reply entry of one image (its map on the image, if asked)."""
-    out = {"score": scored.score,
-           "is_anomalous": calibration.decision(scored.score, threshold),
-           "threshold": threshold}
+    d = decision.decide(scored, hw, rule, maps=False)
+    out = {"score": d.score, "is_anomalous": d.is_anomalous,
+           "threshold": d.threshold, "threshold_source": d.threshold_source}
     if return_map == "none":
       return out
     hw = _map_hw(hw, map_size)
     if return_map == "png":
-      shown = self.detector.map_to_image(scored.shown, hw)
+      shown = scored.to_image(scored.shown, hw)
       out["map_png"] = png_base64(overlay.colormap(shown))
-      out["map_threshold"] = scored.map_threshold
+      out["map_threshold"] = d.pixel_threshold
     else:
-      out["map"] = np.round(self.detector.map_to_image(scored.raw_map, hw),
-                            7).tolist()
+      out["map"] = np.round(scored.to_image(scored.raw_map, hw), 7).tolist()
     return out
 
   def describe(self) -> dict:
@@ -201,6 +218,7 @@ class Engine:
                             (self.calibration or {}).get("classes",
                                                          {}).items()},
              "buckets": list(self.buckets),
+             "tile": None if self.tile is None else self.tile.describe(),
              "prompt_shots": self.prompt_shots,
              "not_ready": self.not_ready(known)}
     return facts

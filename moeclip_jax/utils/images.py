@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
 from typing import Sequence
 
@@ -57,6 +58,36 @@ def to_rgb(im) -> np.ndarray:
     scale = 255.0 / max(float(arr.max()), 1.0)
     im = Image.fromarray((arr * scale).astype(np.uint8))
   return np.asarray(im.convert("RGB"))
+
+
+def as_rgb(item, name: str = "image") -> np.ndarray:
+  """A path, a PIL image or a uint8 array -> RGB uint8 [H, W, 3].
+
+  Arrays: [H, W] grey, [H, W, 3] RGB or [H, W, 4] RGBA (alpha dropped, as
+  for an RGBA file); PIL images and files go through `to_rgb` (16-bit,
+  palette, CMYK handled), so the three forms of one picture agree.
+  """
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  if isinstance(item, (str, os.PathLike)):
+    return load_rgb(item)
+  if isinstance(item, Image.Image):
+    if item.mode not in RGB_MODES:
+      raise ValueError(f"{name}: PIL mode {item.mode!r} is not supported "
+                       "(8/16-bit grey, palette, RGB(A), CMYK)")
+    return to_rgb(item)
+  if not hasattr(item, "__array__"):
+    raise TypeError(f"{name}: expected a path, a PIL image or a uint8 "
+                    f"array, got {type(item).__name__}")
+  arr = np.asarray(item)
+  if arr.dtype != np.uint8:
+    raise ValueError(f"{name}: uint8 pixels expected, got {arr.dtype} "
+                     "(scale to 0..255 and cast)")
+  if arr.ndim == 3 and arr.shape[-1] == 3:
+    return arr
+  if arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] == 4):
+    return to_rgb(Image.fromarray(arr))
+  raise ValueError(f"{name}: expected [H, W], [H, W, 3] or [H, W, 4] "
+                   f"pixels, got shape {arr.shape}")
 
 
 def normalize(uint8_images: np.ndarray, mean=CLIP_MEAN, std=CLIP_STD) -> np.ndarray:

@@ -120,7 +120,8 @@ def load_detector(checkpoint_dir, options: dict | None = None):
 
 
 def add_tile_options(parser: argparse.ArgumentParser) -> None:
-  """--tile SIZE[,OVERLAP] and --tile-score (predict, eval; inference/tiling)."""
+  """--tile SIZE[,OVERLAP] and --tile-score (predict, eval, serve;
+  inference/tiling)."""
   parser.add_argument(
       "--tile", default=None, metavar="SIZE[,OVERLAP]",
       help="cut each image into SIZE px tiles sharing OVERLAP px, predict "

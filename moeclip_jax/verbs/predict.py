@@ -34,7 +34,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from moeclip_jax.inference import calibration, overlay, tiling
+from moeclip_jax.inference import calibration, decision, overlay, tiling
 from moeclip_jax.utils import images as image_utils
 from moeclip_jax.utils import io
 from moeclip_jax.verbs import common
@@ -42,7 +42,8 @@ from moeclip_jax.verbs import common
 log = logging.getLogger("moeclip_jax.verbs")
 PREDICTIONS_FILE = "predictions.jsonl"
 CHUNK_BATCHES = 8  # images are read, predicted and written in chunks
-# What an image reports: one place for predict and serve (inference/).
+# What an image reports: one place for predict, serve and the API
+# (inference/decision.py, on inference/calibration.py).
 resolve_threshold = calibration.resolve_threshold
 score_images = calibration.score_images
 LARGE_INPUT_PIXELS = 25_000_000  # warn above this many pixels (5000 x 5000)
@@ -157,18 +158,6 @@ def _sigterm_flag():
     signal.signal(signal.SIGTERM, previous)
 
 
-def _threshold_entry(detector, stored, class_name: str):
-  """The calibration entry of `class_name`; warns when it is another
-  class's (a fallback)."""
-  used = calibration.entry_class(stored, class_name)
-  if used is not None and used != class_name:
-    log.warning("predict: calibration.json has no entry for class %r: "
-                "using the calibration of class %r (run `moeclip-jax "
-                "calibrate --class-name %s` for its own)", class_name,
-                used, class_name)
-  return calibration.entry_for(stored, class_name)
-
-
 def _unique_stem(path: pathlib.Path, used: set) -> str:
   stem = f"{path.parent.name}_{path.stem}" if path.parent.name else path.stem
   name, k = stem, 1
@@ -178,40 +167,28 @@ def _unique_stem(path: pathlib.Path, used: set) -> str:
   return name
 
 
-def binary_mask(full_raw_map, shown_full, map_thr, entry) -> np.ndarray:
-  """bool[H, W]: the map at the image's size >= the pixel threshold.
-
-  With calibration: the class-normalised raw map (the saved .npy map,
-  normalised) against the calibrated `map_threshold`; without: the
-  displayed per-image min-max map against the default level.
-  """
-  if entry is not None:
-    return calibration.normalise_maps(full_raw_map, entry) >= map_thr
-  return shown_full >= map_thr
-
-
-def _write_one(out, name, path, image, raw_map, shown, score, raw_score,
-               map_thr, threshold, source, class_name, save_maps,
-               to_image=overlay.resize_map, save_masks=False,
-               entry=None, max_side=overlay.DEFAULT_MAX_SIDE) -> dict:
-  hw = image.shape[:2]
+def _write_one(out, name, path, image, scored: decision.Scored,
+               rule: decision.ClassRule, save_maps: bool, save_masks: bool,
+               max_side=overlay.DEFAULT_MAX_SIDE) -> dict:
+  """Writes one image's overlay (and map / mask); returns its line."""
   small = overlay.fit_image(image, max_side)
-  panel = overlay.panels(small, to_image(shown, small.shape[:2]),
-                         float(map_thr))
+  panel = overlay.panels(small, scored.to_image(scored.shown,
+                                                small.shape[:2]),
+                         scored.pixel_threshold)
   png = overlay.save_png(out / "overlays" / f"{name}.png", panel)
-  full = to_image(raw_map, hw) if save_maps or save_masks else None
+  d = decision.decide(scored, image.shape[:2], rule,
+                      maps=save_maps or save_masks)
   if save_maps:
-    np.save(out / "maps" / f"{name}.npy", full)
+    np.save(out / "maps" / f"{name}.npy", d.raw_map)
   extra = {}
-  if save_masks:
-    mask = binary_mask(full, to_image(shown, hw), map_thr, entry)
+  if save_masks:  # 255 where Decision.anomaly_map >= the pixel threshold
     extra["mask"] = str(overlay.save_png(
-        out / "masks" / f"{name}.png", mask.astype(np.uint8) * 255))
-  return {**extra, "path": str(path), "score": float(score),
-          "is_anomalous": calibration.decision(score, threshold),
-          "threshold": threshold, "threshold_source": source,
-          "class_name": class_name, "raw_score": float(raw_score),
-          "max_map": float(np.max(raw_map)), "overlay": str(png)}
+        out / "masks" / f"{name}.png", d.mask.astype(np.uint8) * 255))
+  return {**extra, "path": str(path), "score": d.score,
+          "is_anomalous": d.is_anomalous, "threshold": d.threshold,
+          "threshold_source": d.threshold_source,
+          "class_name": d.class_name, "raw_score": d.raw_score,
+          "max_map": float(np.max(scored.raw_map)), "overlay": str(png)}
 
 
 def predict_paths(detector, inputs: Sequence[str], out,
@@ -238,8 +215,8 @@ def predict_paths(detector, inputs: Sequence[str], out,
   class_name = class_name or detector.default_class_name()
   stored = calibration.load(detector.checkpoint_dir)
   calibration.check_method(stored, detector.method, detector.checkpoint_dir)
-  entry = _threshold_entry(detector, stored, class_name)
-  thr, source = resolve_threshold(threshold, entry)
+  rule = decision.class_rule(stored, class_name, threshold)
+  entry = rule.entry
   paths, unreadable = common.list_images(inputs)
   _strict_check(strict, unreadable)
   lines = read_done(out / PREDICTIONS_FILE) if resume else []
@@ -259,15 +236,14 @@ def predict_paths(detector, inputs: Sequence[str], out,
       loaded, bad = read_images(todo[start:start + chunk], max_pixels)
       _strict_check(strict, bad)
       unreadable += bad
-      raw_maps, raw_scores, shown, scores, map_thr, to_image = _predict_chunk(
-          detector, [im for _, im in loaded], class_name, batch_size, entry,
+      raw_maps, raw_scores, to_image = decision.run_images(
+          detector, [im for _, im in loaded], class_name, entry, batch_size,
           tile)
-      for i, (path, image) in enumerate(loaded):
-        lines.append(_write_one(
-            out, names[path], path, image, raw_maps[i],
-            shown[i], scores[i], raw_scores[i], map_thr[i], thr, source,
-            class_name, save_maps, to_image, save_masks, entry,
-            overlay_max_side))
+      scored = decision.score_batch(raw_maps, raw_scores, entry,
+                                    detector.score_fusion, to_image)
+      for (path, image), one in zip(loaded, scored):
+        lines.append(_write_one(out, names[path], path, image, one, rule,
+                                save_maps, save_masks, overlay_max_side))
         sink.write(json.dumps(lines[-1]) + "\n")
         sink.flush()  # a kill loses at most the image being written
         if preempt["stop"]:
@@ -285,25 +261,8 @@ def predict_paths(detector, inputs: Sequence[str], out,
     raise ValueError(nothing_predicted(inputs, paths, unreadable))
   return {"predictions": lines, "unreadable": unreadable,
           "preempted": preempt["stop"],
-          "threshold": thr, "threshold_source": source, **facts}
-
-
-def _predict_chunk(detector, images, class_name, batch_size, entry, tile):
-  """(raw maps, raw scores, shown maps, scores, map thresholds, map ->
-  image fn) of a chunk; tiled maps are already at each image's size."""
-  if tile is None:
-    raw_maps, raw_scores = detector.predict_images(
-        images, class_name, batch_size, entry, desc=None)
-    return (raw_maps, raw_scores, *score_images(
-        raw_maps, raw_scores, entry, detector.score_fusion),
-            detector.map_to_image)
-  raw_maps, raw_scores = tiling.predict_images(
-      detector, images, class_name, tile, batch_size, entry)
-  each = [score_images(m[None], s[None], entry, detector.score_fusion)
-          for m, s in zip(raw_maps, raw_scores)]
-  return (raw_maps, raw_scores, [e[0][0] for e in each],
-          np.asarray([e[1][0] for e in each]),
-          np.asarray([e[2][0] for e in each]), overlay.resize_map)
+          "threshold": rule.threshold,
+          "threshold_source": rule.threshold_source, **facts}
 
 
 def _print_summary(summary: dict) -> None:

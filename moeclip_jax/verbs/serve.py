@@ -18,6 +18,7 @@ EXAMPLES = """
   moeclip-jax serve --checkpoint ckpt --port 9000 --max-batch 16 \\
       --max-wait-ms 5 --log-file serve.log
   moeclip-jax serve --checkpoint ckpt/inctrl_k2 --prompts good_candles/
+  moeclip-jax serve --checkpoint ckpt --tile 512,64   # large images, tiled
   curl -F images=@part.png -F class_name=bottle -F return_map=png \\
       http://127.0.0.1:8000/v1/predict
 """
@@ -51,6 +52,7 @@ def build_parser():
                  help="per-request limit (503 above; the server stays up)")
   p.add_argument("--log-file", default=None,
                  help="also append the request log here")
+  common.add_tile_options(p)  # every posted image tiled, as predict --tile
   common.add_method_options(p, "serve")
   return p
 
@@ -76,10 +78,11 @@ def main(argv=None) -> int:
         max_bytes=args.max_bytes, max_pixels=args.max_pixels,
         max_images=args.max_images, timeout_s=args.timeout_s,
         log_file=args.log_file, version=moeclip_jax.__version__)
+    tile = common.tile_spec(args)
     common.quiet_console()
     detector = common.load_detector(args.checkpoint,
                                     common.method_options(args))
-    engine = engine_lib.Engine(detector, args.max_batch, args.classes)
+    engine = engine_lib.Engine(detector, args.max_batch, args.classes, tile)
   except (ValueError, FileNotFoundError, KeyError) as err:
     print(f"error: {err}", file=sys.stderr)
     return 2

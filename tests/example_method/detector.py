@@ -41,12 +41,6 @@ class ContrastDetector(base.DetectorBase):
     amap, score = self._forward(self.params, jnp.asarray(pixels))
     return {"anomaly_map": np.asarray(amap), "image_score": np.asarray(score)}
 
-  def predict(self, images, class_names=None) -> base.Predictions:
-    images = [np.asarray(im) for im in images]
-    maps, scores = self.predict_images(images, "object", desc=None)
-    return base.Predictions(scores, np.stack(
-        [self.map_to_image(m, im.shape[:2]) for m, im in zip(maps, images)]))
-
   def eval_runs(self, records, all_records, batch_size=8, map_size=None):
     del all_records
     yield runner.run_method(self, self.params, {}, records, self.preprocess,

@@ -169,9 +169,9 @@ class AnomalyMoEDetector(base.DetectorBase):
     return np.asarray(maps.class_min_max(
         (raw["map_patch"], raw["map_global"], raw["map_component"])))
 
-  def predict(self, images, class_names=None, component_masks=None,
-              class_min_max=None, test_time_jitter: int | None = None,
-              **unused) -> base.Predictions:
+  def predict_maps(self, images, class_names=None, component_masks=None,
+                   class_min_max=None, test_time_jitter: int | None = None,
+                   **unused) -> base.Predictions:
     """Returns {"anomaly_map" [B, H, W], "image_score" [B]} (+ extras).
 
     Args:
@@ -330,7 +330,7 @@ class AnomalyMoEDetector(base.DetectorBase):
     mm = self._entry_min_max(class_name, entry)
     if mm is None:
       mm = self._run_min_max
-    out = self.predict(pixels, class_name, class_min_max=mm)
+    out = self.predict_maps(pixels, class_name, class_min_max=mm)
     return {"anomaly_map": out.anomaly_map, "image_score": out.image_score}
 
   # ---- serving: a class needs its map statistics ----

@@ -186,7 +186,7 @@ class InCTRLDetector(base.DetectorBase):
       maps.append(np.asarray(aux["patch_map"]))
     return np.concatenate(scores), np.concatenate(maps)
 
-  def predict(self, images, class_names=None) -> base.Predictions:
+  def predict_maps(self, images, class_names=None) -> base.Predictions:
     """image_score [N] and anomaly_map [N, H, W] at the input size.
 
     InCTRL's prompts depend on the class name only (`set_prompts` first).
@@ -287,7 +287,7 @@ class InCTRLDetector(base.DetectorBase):
 
   def predict_pixels(self, pixels, class_name, entry=None):
     del entry
-    out = self.predict(pixels, class_name)
+    out = self.predict_maps(pixels, class_name)
     return {"anomaly_map": out.anomaly_map, "image_score": out.image_score}
 
   # ---- serving: one prompt set per class, uploaded or from --prompts ----

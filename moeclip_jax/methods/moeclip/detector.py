@@ -137,8 +137,8 @@ class MoECLIPDetector(base.DetectorBase):
                                 domain=self.domain)
     return {"anomaly_map": np.asarray(amap), "image_score": np.asarray(score)}
 
-  def predict(self, images, class_names=None, domain: str | None = None,
-              dataset: str | None = None) -> base.Predictions:
+  def predict_maps(self, images, class_names=None, domain: str | None = None,
+                   dataset: str | None = None) -> base.Predictions:
     """anomaly_map [B, H, W] at the input size and image_score [B]."""
     class_name = _one_class(class_names)
     domain = maps.canonical_domain(domain or self.domain)
