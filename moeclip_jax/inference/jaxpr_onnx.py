@@ -523,6 +523,31 @@ def _slice_rule(g, ins, eqn):
   return _slice(g, ins[0], axes, starts, ends, steps)
 
 
+@rule("dynamic_slice")
+def _dynamic_slice(g, ins, eqn):
+  """Starts clamped into range (as XLA does), on the axes it narrows."""
+  x, *starts = ins
+  shape, sizes = eqn.invars[0].aval.shape, eqn.params["slice_sizes"]
+  axes = [i for i in range(len(shape)) if not _same(sizes[i], shape[i])]
+  if not all(is_static(shape[i]) and is_static(sizes[i]) for i in axes):
+    raise NotImplementedError("ONNX export: dynamic_slice of a symbolic axis")
+  if not axes:
+    return x
+  zero, one = g.const(np.int64(0)), g.const([1], np.int64)
+  begin = g.op("Concat", [g.op("Reshape", [g.op("Clip", [
+      g.cast(starts[i], np.int64), zero,
+      g.const(np.int64(int(shape[i]) - int(sizes[i])))]), one])
+                          for i in axes], axis=0)
+  end = g.op("Add", [begin, g.const([int(sizes[i]) for i in axes], np.int64)])
+  return g.op("Slice", [x, begin, end, g.const(axes, np.int64)])
+
+
+@rule("dim_as_value")
+def _dim_as_value(g, ins, eqn):
+  value = g.op("Squeeze", [g.dim(eqn.params["dim"]), g.const([0], np.int64)])
+  return g.cast(value, eqn.outvars[0].aval.dtype)
+
+
 @rule("rev")
 def _rev(g, ins, eqn):
   axes = [int(a) for a in eqn.params["dimensions"]]
