@@ -125,3 +125,27 @@ def tiny_anomalymoe_checkpoint(dst) -> pathlib.Path:
   return ckpt_params.write_params_checkpoint(
       dst, params, {"method": "anomalymoe", **config.to_dict()},
       {"source_format": "test"}, overwrite=True)
+
+
+def moeclip_checkpoint(dst, ccfg, cfg, seed: int = 1) -> pathlib.Path:
+  """Random MoECLIP of the given (CLIPConfig, MoECLIPConfig) in the
+  trainer's export layout (config.json, params, tokenizer), no training."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  from moeclip_jax.methods.moeclip import model as model_lib  # pylint: disable=g-import-not-at-top
+  shapes = nn.unbox(model_lib.abstract_params(ccfg, cfg))
+  config = {"method": "moeclip", "clip": ccfg.to_dict(),
+            "moeclip": cfg.to_dict(), "domain": "industrial"}
+  return ckpt_params.write_checkpoint_with_tokenizer(
+      dst, _random_like(shapes, seed), config, {"source_format": "test"},
+      overwrite=True)
+
+
+def tiny_moeclip_checkpoint(dst) -> pathlib.Path:
+  """Random tiny-test CLIP MoECLIP (32 px, MoE on blocks 0-3)."""
+  from moeclip_jax.methods.moeclip import config as config_lib  # pylint: disable=g-import-not-at-top
+  from moeclip_jax.models import clip_config  # pylint: disable=g-import-not-at-top
+  ccfg = clip_config.get_config("tiny-test", image_size=32)
+  layers = (0, 1, 2, 3)
+  return moeclip_checkpoint(dst, ccfg, config_lib.MoECLIPConfig(
+      moe_layers=layers, feature_layers=layers, proj_dim=32,
+      text_width=ccfg.text.width))

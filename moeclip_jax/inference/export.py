@@ -19,13 +19,13 @@ OUT/
                      input order, platforms, method facts
 
 `load_exported(OUT)` runs it with jax + numpy + PIL and
-`moeclip_jax.data.transforms` only (no model code).
+`moeclip_jax.data.transforms` only (no model code). `export_onnx` writes
+the same folder with `predict.onnx` instead (onnxruntime runs it).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
 from typing import Any, Callable, Mapping, Sequence
 
@@ -34,9 +34,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from moeclip_jax.data import transforms
+from moeclip_jax.inference import exported, onnx_runner
 from moeclip_jax.utils import io
 
-FORMAT = "moeclip_jax.export/1"
+FORMAT = exported.STABLEHLO_FORMAT
 
 
 @dataclasses.dataclass
@@ -86,11 +87,15 @@ def write_stablehlo(spec: ExportSpec, out,
   (out / "predict.stablehlo").write_bytes(exported.serialize())
   io.write_npz(out / "params.npz",
                **{f"p{i}": np.asarray(x) for i, x in enumerate(spec.params)})
-  io.write_npz(out / spec.table_file, **_tables(spec))
-  io.write_json(out / "export.json", {
-      "format": FORMAT, **export_meta(spec),
-      "platforms": list(exported.platforms)})
+  write_tables_and_meta(spec, out, {"format": FORMAT, **export_meta(spec),
+                                    "platforms": list(exported.platforms)})
   return out
+
+
+def write_tables_and_meta(spec: ExportSpec, out, meta: dict) -> None:
+  """The class tables, then export.json (last: it marks a whole folder)."""
+  io.write_npz(pathlib.Path(out) / spec.table_file, **table_arrays(spec))
+  io.write_json(pathlib.Path(out) / "export.json", meta)
 
 
 def export_meta(spec: ExportSpec) -> dict:
@@ -107,7 +112,8 @@ def export_meta(spec: ExportSpec) -> dict:
           **spec.meta}
 
 
-def _tables(spec: ExportSpec) -> dict[str, np.ndarray]:
+def table_arrays(spec: ExportSpec) -> dict[str, np.ndarray]:
+  """The table file's arrays: key = class (one input) or class/input."""
   single = len(spec.class_inputs) == 1
   out = {}
   for name, table in spec.class_inputs.items():
@@ -116,77 +122,31 @@ def _tables(spec: ExportSpec) -> dict[str, np.ndarray]:
   return out
 
 
-def read_tables(path, inputs: Sequence[str]) -> dict[str, list]:
-  """{class: [input arrays in `inputs` order]} from a table file."""
-  tables: dict[str, dict] = {}
-  with np.load(path) as z:
-    for key in z.files:
-      cls, _, name = key.rpartition("/") if len(inputs) > 1 else (key, "",
-                                                                  inputs[0])
-      tables.setdefault(cls, {})[name] = jnp.asarray(z[key])
-  return {c: [t[n] for n in inputs] for c, t in tables.items()}
+read_tables = exported.read_tables
 
 
-class ExportedDetector:
-  """Runs an export folder: `.predict(images, class_name)` (maps at the
-  model size), `.set_prompts(images)` when the program takes prompts."""
+class ExportedDetector(exported.ExportFolder):
+  """Runs a StableHLO export folder: `.predict(images, class_name)` (maps
+  at the model size), `.set_prompts(images)` when the program takes
+  prompts."""
+
+  format = FORMAT
 
   def __init__(self, folder):
-    self.folder = pathlib.Path(folder)
-    meta_path = self.folder / "export.json"
-    if not meta_path.is_file():
-      raise FileNotFoundError(f"{meta_path}: missing (not an export folder?)")
-    self.meta = json.loads(meta_path.read_text())
-    if self.meta.get("format") != FORMAT:
-      raise ValueError(f"{meta_path}: format {self.meta.get('format')!r}")
-    self.method = self.meta["method"]
-    self.image_size = int(self.meta["image_size"])
-    pre = dict(self.meta["preprocess"])
-    pre["mean"], pre["std"] = tuple(pre["mean"]), tuple(pre["std"])
-    self.preprocess = transforms.Preprocess(**pre)
+    super().__init__(folder)
     self.exported = jax.export.deserialize(
         (self.folder / "predict.stablehlo").read_bytes())
     with np.load(self.folder / "params.npz") as z:
       self.params = [jnp.asarray(z[f"p{i}"])
                      for i in range(self.meta["num_params"])]
-    self.tables = read_tables(self.folder / self.meta["table_file"],
-                              self.meta["class_inputs"])
-    self.runtime = {k: None for k in self.meta["runtime_inputs"]}
-    self.default_class = self.meta.get("default_class")
 
-  def pixels(self, images) -> np.ndarray:
-    x = np.asarray(images)
-    x = x[None] if x.ndim == 3 else x
-    if x.dtype != np.uint8:
-      return x.astype(np.float32)
-    return np.stack([transforms.normalize(
-        transforms.resize_image(im, self.preprocess), self.preprocess)
-                     for im in x])
-
-  def set_prompts(self, images) -> None:
-    """The K normal prompt images (uint8 or normalised float)."""
-    if "prompts" not in self.runtime:
-      raise ValueError(f"this {self.method} export takes no prompts")
-    x = self.pixels(images)
-    want = self.meta["runtime_inputs"]["prompts"][0]
-    if len(x) != want:
-      raise ValueError(f"exported for K={want} prompts, got {len(x)}")
-    self.runtime["prompts"] = jnp.asarray(x)
-
-  def predict(self, images, class_name: str | None = None) -> dict:
-    """Like the live detector's predict (maps at the model size)."""
-    class_name = class_name or self.default_class
-    if class_name not in self.tables:
-      raise KeyError(f"class {class_name!r} was not exported; exported: "
-                     f"{sorted(self.tables)} (re-export with --class-names)")
-    missing = [k for k, v in self.runtime.items() if v is None]
-    if missing:
-      raise ValueError("no prompts: call set_prompts(images) first")
-    amap, score = self.exported.call(self.params, self.pixels(images),
-                                     *self.runtime.values(),
-                                     *self.tables[class_name])
-    return {"anomaly_map": np.asarray(amap), "image_score": np.asarray(score)}
+  def _call(self, pixels, runtime, class_inputs):
+    return self.exported.call(self.params, pixels, *runtime, *class_inputs)
 
 
-def load_exported(folder) -> ExportedDetector:
+def load_exported(folder) -> exported.ExportFolder:
+  """The runner of an export folder, by its export.json format
+  (StableHLO: `ExportedDetector`; ONNX: `onnx_runner.OnnxDetector`)."""
+  if exported.read_meta(folder).get("format") == exported.ONNX_FORMAT:
+    return onnx_runner.load_onnx(folder)
   return ExportedDetector(folder)
