@@ -46,12 +46,10 @@ def _context(method, state):
   if method.name != "inctrl":
     return aot.abstract_context(method, state.params, CLASSES)
   params = nn.unbox(jax.jit(method.init_fn)(jax.random.key(0)))
-  context = method.make_context(params, CLASSES)
   s, k = method.image_size, method.shots
   pixels = np.zeros((len(CLASSES), k, s, s, 3), np.uint8)
-  towers = {t: params["params"][t] for t in ("img", "txt")}
-  _, context["prompts"] = method.frozen_features(towers, pixels[:, 0], pixels)
-  return context
+  return method.with_prompt_features(
+      params, method.make_context(params, CLASSES), pixels)
 
 
 @pytest.fixture(scope="module", params=list(CONFIGS.values()),
