@@ -63,6 +63,14 @@ def gemm_rates(dtypes=("float32", "bfloat16"), shape=VITL_MLP,
   return {d: float(np.median(r)) for d, r in rates.items()}
 
 
+def xla_flops(compiled) -> float:
+  """FLOPs of a compiled computation by XLA's cost analysis (0 if none)."""
+  cost = compiled.cost_analysis() or {}
+  if isinstance(cost, list):
+    cost = cost[0] if cost else {}
+  return float(cost.get("flops", 0.0))
+
+
 def cpu_model() -> str:
   """`model name` of /proc/cpuinfo (else platform.processor())."""
   path = pathlib.Path("/proc/cpuinfo")

@@ -161,13 +161,6 @@ class Setting:
 
 
 # ---- measuring ------------------------------------------------------------
-def flops_of(compiled) -> float:
-  cost = compiled.cost_analysis() or {}
-  if isinstance(cost, list):
-    cost = cost[0] if cost else {}
-  return float(cost.get("flops", 0.0))
-
-
 def device_peak_bytes() -> int | None:
   stats = jax.devices()[0].memory_stats()
   if not stats:
@@ -229,7 +222,7 @@ def measure_eval(method, params, context, setting, rounds):
   return {
       "eval_compile_s": compile_s, "eval_first_call_s": first_s,
       "eval_batch_s": seconds, "images_per_s": setting.batch / seconds,
-      "eval_flops": flops_of(compiled),
+      "eval_flops": gemm_rate.xla_flops(compiled),
       "peak_bytes": peak if peak is not None else rss_growth,
       "peak_kind": ("device peak_bytes_in_use" if peak is not None
                     else "RSS growth, first call"),
@@ -260,7 +253,7 @@ def measure_train(method, config, params, context, setting, rounds):
   jax.block_until_ready(one())
   seconds = median_seconds(one, rounds)
   return {"train_batch": train_batch, "train_compile_s": compile_s,
-          "train_step_ms": 1e3 * seconds, "train_flops": flops_of(compiled)}
+          "train_step_ms": 1e3 * seconds, "train_flops": gemm_rate.xla_flops(compiled)}
 
 
 def official_ratio(path: str, method, setting, rounds):

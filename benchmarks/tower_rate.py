@@ -34,10 +34,7 @@ from moeclip_jax.utils import io  # noqa: E402
 
 
 def flops(fn, *args) -> float:
-  cost = jax.jit(fn).lower(*args).compile().cost_analysis() or {}
-  if isinstance(cost, list):
-    cost = cost[0]
-  return float(cost.get("flops", 0.0))
+  return gemm_rate.xla_flops(jax.jit(fn).lower(*args).compile())
 
 
 def main(argv=None) -> int:
