@@ -37,26 +37,20 @@ def _set_devices(argv) -> None:
 
 _set_devices(sys.argv)
 
-import functools  # noqa: E402
 import importlib.util  # noqa: E402
 import json  # noqa: E402
 import pathlib  # noqa: E402
 import time  # noqa: E402
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from moeclip_jax.methods import registry  # noqa: E402
-from moeclip_jax.methods.moeclip import model as model_lib  # noqa: E402
-from moeclip_jax.methods.moeclip import prompts  # noqa: E402
 from moeclip_jax.models import clip_config  # noqa: E402
-from moeclip_jax.optim import masks, optimizers  # noqa: E402
 from moeclip_jax.sharding import partition, presets  # noqa: E402
-from moeclip_jax.train import state as state_lib  # noqa: E402
-from moeclip_jax.train import step as step_lib  # noqa: E402
+from moeclip_jax.train import aot  # noqa: E402
 
 
 def load_config(name="moeclip_vitl14_336.py"):
@@ -65,47 +59,6 @@ def load_config(name="moeclip_vitl14_336.py"):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config()
-
-
-def abstract_state(method, config, mesh):
-  """Sharded TrainState of ShapeDtypeStructs, the labels and the optimizer."""
-  boxed = model_lib.abstract_params(method.clip_config, method.config)
-  params = partition.unboxed_abstract(
-      boxed, partition.logical_shardings(boxed, mesh))
-  labels = masks.labels(params, method.trainable_patterns,
-                        method.frozen_patterns)
-  tx = optimizers.make_tx(config.optim, labels)
-  compiled = jax.jit(tx.init).lower(params).compile()
-  repl = partition.replicated(mesh)
-  opt_state = jax.tree.map(
-      lambda x, s: jax.ShapeDtypeStruct(
-          x.shape, x.dtype,
-          sharding=s if isinstance(s, jax.sharding.NamedSharding) else repl),
-      jax.eval_shape(tx.init, params), compiled.output_shardings)
-  step = jax.ShapeDtypeStruct((), jnp.int32, sharding=repl)
-  return state_lib.TrainState(step=step, params=params,
-                              opt_state=opt_state), labels, tx
-
-
-def abstract_inputs(method, mesh, batch_size):
-  size = method.image_size
-  sds = functools.partial(jax.ShapeDtypeStruct,
-                          sharding=partition.batch_sharding(mesh))
-  repl = partition.replicated(mesh)
-  batch = {"image": sds((batch_size, size, size, 3), jnp.float32),
-           "mask": sds((batch_size, size, size), jnp.float32),
-           "label": sds((batch_size,), jnp.int32),
-           "class_id": sds((batch_size,), jnp.int32)}
-  sentences, flags = prompts.class_sentences("candle", "visa")
-  width = method.clip_config.text.width
-  layers = len(method.config.feature_layers)
-  context = {"eot": jax.ShapeDtypeStruct((layers, len(sentences), width),
-                                         jnp.float32, sharding=repl),
-             "is_abnormal": jax.ShapeDtypeStruct((len(flags),), jnp.int32,
-                                                 sharding=repl)}
-  rng = jax.eval_shape(lambda: jax.random.key(0))
-  rng = jax.ShapeDtypeStruct(rng.shape, rng.dtype, sharding=repl)
-  return batch, context, rng
 
 
 def measure(policy: str, mesh_name: str, batch_size: int, devices: int,
@@ -119,19 +72,8 @@ def measure(policy: str, mesh_name: str, batch_size: int, devices: int,
     presets.apply(config, mesh_name)
     mesh = presets.configure(config, devices=jax.devices()[:devices])
   method = registry.make_method(config)
-  state, labels, tx = abstract_state(method, config, mesh)
-  batch, context, rng = abstract_inputs(method, mesh, batch_size)
-  fn = functools.partial(step_lib.train_step, loss_fn=method.loss_fn, tx=tx,
-                         param_labels=labels)
-  state_sh = jax.tree.map(lambda x: x.sharding, state)
-  repl = partition.replicated(mesh)
-  step = jax.jit(fn, donate_argnums=(0,),
-                 in_shardings=(state_sh, partition.batch_sharding(mesh), repl,
-                               repl),
-                 out_shardings=(state_sh, repl))
   t0 = time.perf_counter()
-  with jax.set_mesh(mesh):
-    compiled = step.lower(state, batch, context, rng).compile()
+  compiled, _ = aot.compile_train_step(method, config.optim, mesh, batch_size)
   mem = compiled.memory_analysis()
   cost = compiled.cost_analysis() or {}
   if isinstance(cost, list):

@@ -39,6 +39,7 @@ def get_config(arg=None):
   c.backbone.checkpoint = ""        # converted DINOv2-reg; "" = random
   c.backbone.variant = "dinov2reg_vit_base_14"
   c.backbone.interpolation = "official"  # (G + 0.1)/G0 bicubic, as trained
+  c.backbone.dtype = "auto"  # bf16 on TPU/GPU, f32 on CPU (models/precision.py)
 
   c.model = ml_collections.ConfigDict()
   c.model.image_size = 392          # global experts need exactly 392

@@ -42,6 +42,7 @@ def get_config(arg=None):
   c.backbone.checkpoint = ""        # converted CLIP or InCTRL; "" = random
   c.backbone.variant = "ViT-B-16-plus-240"
   c.backbone.image_size = 240       # hard-coded by the official model
+  c.backbone.dtype = "auto"  # bf16 on TPU/GPU, f32 on CPU (models/precision.py)
 
   c.model = ml_collections.ConfigDict()
   c.model.feature_layers = (6, 8, 10)   # 0-based blocks (official 7/9/11)

@@ -28,7 +28,7 @@ def get_config(arg=None):
   c.backbone.checkpoint = ""       # converted CLIP; "" = random `variant`
   c.backbone.variant = "ViT-L-14-336"
   c.backbone.image_size = 518
-  c.backbone.dtype = "float32"     # "bfloat16" opt-in
+  c.backbone.dtype = "auto"  # bf16 on TPU/GPU, f32 on CPU (models/precision.py)
   c.backbone.matmul_precision = ""
   c.backbone.remat = "none"        # "blocks": rematerialise each block
 

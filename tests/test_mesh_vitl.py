@@ -7,10 +7,8 @@
   (data 2 x fsdp 4) CPU mesh without allocating the model.
 """
 
-import functools
 import math
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import pytest
@@ -18,13 +16,10 @@ import pytest
 import train_fixtures as tf
 from moeclip_jax.methods import registry
 from moeclip_jax.methods.moeclip import model as model_lib
-from moeclip_jax.methods.moeclip import prompts
-from moeclip_jax.optim import masks
-from moeclip_jax.optim import optimizers
 from moeclip_jax.sharding import partition
 from moeclip_jax.sharding import presets
+from moeclip_jax.train import aot
 from moeclip_jax.train import state as state_lib
-from moeclip_jax.train import step as step_lib
 from moeclip_jax.utils import tree as tree_utils
 
 PRESETS = ("pure_dp", "fsdp", "tensor_parallel", "expert_parallel")
@@ -71,37 +66,13 @@ def test_every_spec_divides_vitl(name, vitl):
   assert used == expect, (name, used)
 
 
-def _abstract_state(method, abstract, mesh=None):
-  """TrainState of ShapeDtypeStructs (+ shardings when `mesh` is given)."""
-  params = nn.unbox(abstract)
-  if mesh is not None:
-    params = partition.unboxed_abstract(
-        abstract, partition.logical_shardings(abstract, mesh))
-  labels = masks.labels(params, method.trainable_patterns,
-                        method.frozen_patterns)
-  config = tf.load_config("moeclip_vitl14_336.py")
-  tx = optimizers.make_tx(config.optim, labels)
-  if mesh is None:
-    opt_state = jax.eval_shape(tx.init, params)
-  else:
-    compiled = jax.jit(tx.init).lower(params).compile()
-    repl = partition.replicated(mesh)
-    opt_state = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(
-            x.shape, x.dtype, sharding=s if isinstance(
-                s, jax.sharding.NamedSharding) else repl),
-        jax.eval_shape(tx.init, params), compiled.output_shardings)
-  step = jax.ShapeDtypeStruct((), jnp.int32)
-  if mesh is not None:
-    step = jax.ShapeDtypeStruct((), jnp.int32,
-                                sharding=partition.replicated(mesh))
-  return state_lib.TrainState(step=step, params=params,
-                              opt_state=opt_state), labels, tx
+def _abstract_state(config, method, abstract, mesh=None):
+  return aot.abstract_state(method, config.optim, mesh, boxed=abstract)
 
 
 def test_vitl_checkpoint_holds_no_backbone(vitl):
-  _, method, abstract = vitl
-  state, labels, _ = _abstract_state(method, abstract)
+  config, method, abstract = vitl
+  state, labels, _ = _abstract_state(config, method, abstract)
   item = state_lib.checkpoint_item(state, labels)
   backbone = {k: state.params[k] for k in ("img", "txt")}
   assert not set(item["trainable"]) & {"img", "txt"}
@@ -114,44 +85,14 @@ def test_vitl_checkpoint_holds_no_backbone(vitl):
   assert ckpt_bytes < 0.05 * backbone_bytes
 
 
-def _abstract_inputs(method, mesh, batch_size):
-  size = method.image_size
-  batch_sh = partition.batch_sharding(mesh)
-  repl = partition.replicated(mesh)
-  sds = functools.partial(jax.ShapeDtypeStruct, sharding=batch_sh)
-  batch = {"image": sds((batch_size, size, size, 3), jnp.float32),
-           "mask": sds((batch_size, size, size), jnp.float32),
-           "label": sds((batch_size,), jnp.int32),
-           "class_id": sds((batch_size,), jnp.int32)}
-  sentences, flags = prompts.class_sentences("candle", "visa")
-  width = method.clip_config.text.width
-  context = {"eot": jax.ShapeDtypeStruct((12, len(sentences), width),
-                                         jnp.float32, sharding=repl),
-             "is_abnormal": jax.ShapeDtypeStruct((len(flags),), jnp.int32,
-                                                 sharding=repl)}
-  rng = jax.eval_shape(lambda: jax.random.key(0))
-  rng = jax.ShapeDtypeStruct(rng.shape, rng.dtype, sharding=repl)
-  return batch, context, rng
-
-
 @pytest.mark.slow
 def test_vitl_train_step_compiles_aot_data2_fsdp4(vitl):
-  config, method, abstract = vitl
+  config, method, _ = vitl
   config = config.copy_and_resolve_references()
   config.mesh = {"data": 2, "fsdp": 4, "tensor": 1, "expert": 1}
   mesh = presets.configure(config)
-  state, labels, tx = _abstract_state(method, abstract, mesh)
-  batch, context, rng = _abstract_inputs(method, mesh, batch_size=8)
-  fn = functools.partial(step_lib.train_step, loss_fn=method.loss_fn, tx=tx,
-                         param_labels=labels)
-  state_sh = jax.tree.map(lambda x: x.sharding, state)
-  repl = partition.replicated(mesh)
-  step = jax.jit(fn, donate_argnums=(0,),
-                 in_shardings=(state_sh, partition.batch_sharding(mesh), repl,
-                               repl),
-                 out_shardings=(state_sh, repl))
-  with jax.set_mesh(mesh):
-    compiled = step.lower(state, batch, context, rng).compile()
+  compiled, state = aot.compile_train_step(method, config.optim, mesh,
+                                           batch_size=8)
   memory = compiled.memory_analysis()
   print("ViT-L/14@518 MoECLIP train step, mesh data 2 x fsdp 4, batch 8:")
   print(memory)

@@ -48,6 +48,7 @@ from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 import numpy as np
 
 from moeclip_jax.inference import decision, runner
+from moeclip_jax.models import precision
 
 
 class Method(Protocol):
@@ -83,6 +84,16 @@ class Option:
   @property
   def dest(self) -> str:
     return self.flag.lstrip("-").replace("-", "_")
+
+
+# Flags every detector takes (one argument group, "every method").
+COMMON_OPTIONS = (
+    Option("--dtype", "compute dtype of the model: auto (bfloat16 on TPU / "
+           "GPU, float32 on CPU; docs/performance.md) or a concrete one; "
+           "default: the checkpoint's config.json",
+           kwargs={"choices": precision.CHOICES}),
+)
+COMMON_DESTS = frozenset(o.dest for o in COMMON_OPTIONS)
 
 
 class Predictions(Mapping):
@@ -311,8 +322,9 @@ class DetectorBase:
   @classmethod
   def check_options(cls, checkpoint_dir, options: Mapping[str, Any]) -> None:
     """ValueError naming the given flags this method does not use."""
+    accepted = cls.accepted_options | COMMON_DESTS
     bad = sorted("--" + k.replace("_", "-") for k, v in options.items()
-                 if v is not None and k not in cls.accepted_options)
+                 if v is not None and k not in accepted)
     if bad:
       raise ValueError(f"{checkpoint_dir}: {', '.join(bad)} not used by "
                        f"{cls.method} detectors (see docs/cli.md, 'Methods')")

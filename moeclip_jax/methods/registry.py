@@ -57,9 +57,15 @@ def load_detector(checkpoint_dir, **method_options):
   return detector_class(checkpoint_dir).load(checkpoint_dir, **method_options)
 
 
+EVERY_METHOD = "every method"
+
+
 def cli_options(verb: str) -> list[tuple[str, Sequence[base.Option]]]:
-  """[(method, its options for `verb`)], each flag once (first method)."""
-  seen, out = set(), []
+  """[(method, its options for `verb`)], each flag once (first method);
+  the flags every detector takes come first, as (EVERY_METHOD, ...)."""
+  common = [o for o in base.COMMON_OPTIONS if verb in o.verbs]
+  seen = {o.flag for o in common}
+  out = [(EVERY_METHOD, common)] if common else []
   for method, cls in DETECTORS.items():
     options = [o for o in cls.cli_options()
                if verb in o.verbs and o.flag not in seen]
@@ -70,4 +76,5 @@ def cli_options(verb: str) -> list[tuple[str, Sequence[base.Option]]]:
 
 
 def option_dests() -> set[str]:
-  return {o.dest for cls in DETECTORS.values() for o in cls.cli_options()}
+  return ({o.dest for cls in DETECTORS.values() for o in cls.cli_options()}
+          | set(base.COMMON_DESTS))

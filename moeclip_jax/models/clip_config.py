@@ -13,7 +13,7 @@ from typing import Any
 
 ACTIVATIONS = ("gelu", "quick_gelu", "gelu_tanh")
 MATMUL_PRECISIONS = ("default", "high", "highest")
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("auto", "float32", "bfloat16", "float16")  # precision.CHOICES
 REMAT = ("none", "blocks", "dots_saveable",
          "dots_with_no_batch_dims_saveable", "everything_saveable")
 
@@ -71,7 +71,8 @@ class CLIPConfig:
     activation: "gelu" (exact erf), "quick_gelu" (x * sigmoid(1.702 x)) or
       "gelu_tanh" (tanh approximation).
     ln_eps: LayerNorm epsilon (torch default 1e-5; Flax's default is 1e-6).
-    dtype: compute dtype ("float32" default; "bfloat16" opt-in).
+    dtype: compute dtype: "auto" (default: bfloat16 on TPU / GPU, float32
+      on CPU; models/precision.py) or "float32" / "bfloat16" / "float16".
     param_dtype: storage dtype of the parameters.
     matmul_precision: "default", "high" or "highest" for every dot product
       (parity checks on GPU/TPU need "highest").
@@ -88,7 +89,7 @@ class CLIPConfig:
   text: TextConfig | None
   activation: str = "gelu"
   ln_eps: float = 1e-5
-  dtype: str = "float32"
+  dtype: str = "auto"
   param_dtype: str = "float32"
   matmul_precision: str = "default"
   name: str = ""
@@ -97,7 +98,7 @@ class CLIPConfig:
   def __post_init__(self):
     _check_choice("activation", self.activation, ACTIVATIONS)
     _check_choice("dtype", self.dtype, DTYPES)
-    _check_choice("param_dtype", self.param_dtype, DTYPES)
+    _check_choice("param_dtype", self.param_dtype, DTYPES[1:])
     _check_choice("matmul_precision", self.matmul_precision, MATMUL_PRECISIONS)
     _check_choice("remat", self.remat, REMAT)
     v = self.vision

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from moeclip_jax.models import attention
+from moeclip_jax.models import precision as precision_lib
 
 INTERPOLATION_MODES = ("hf", "official")
 
@@ -53,7 +54,8 @@ class DinoV2Config:
     layer_norm_eps: LayerNorm epsilon (1e-6 in DINOv2).
     interpolation: `hf` or `official` positional-table resampling.
     interpolate_offset: the official scheme's offset (0.1).
-    dtype: compute dtype.
+    dtype: compute dtype: "auto" (default; models/precision.py) or a
+      concrete name.
   """
 
   width: int = 768
@@ -66,9 +68,16 @@ class DinoV2Config:
   layer_norm_eps: float = 1e-6
   interpolation: str = "hf"
   interpolate_offset: float = 0.1
-  dtype: str = "float32"
+  dtype: str = "auto"
+
+  @property
+  def compute_dtype(self):
+    return precision_lib.compute_dtype(self.dtype)
 
   def __post_init__(self):
+    if self.dtype not in precision_lib.CHOICES:
+      raise ValueError(f"DinoV2Config.dtype={self.dtype!r}: expected one of "
+                       f"{precision_lib.CHOICES}")
     if self.interpolation not in INTERPOLATION_MODES:
       raise ValueError(
           f"DinoV2Config.interpolation={self.interpolation!r}: expected one "
@@ -235,7 +244,7 @@ class Attention(nn.Module):
       return nn.DenseGeneral(
           (heads, head_dim),
           name=name,
-          dtype=cfg.dtype,
+          dtype=cfg.compute_dtype,
           kernel_init=_init(("embed", "heads", "head_dim")),
           bias_init=_init(("heads", "head_dim"), nn.initializers.zeros),
       )(x)  # [B, L, H, Dh]
@@ -247,7 +256,7 @@ class Attention(nn.Module):
         cfg.width,
         axis=(-2, -1),
         name="out",
-        dtype=cfg.dtype,
+        dtype=cfg.compute_dtype,
         kernel_init=_init(("heads", "head_dim", "embed")),
         bias_init=_init(("embed",), nn.initializers.zeros),
     )(out)  # [B, L, D]
@@ -264,7 +273,7 @@ class Mlp(nn.Module):
     h = nn.Dense(
         cfg.mlp_dim,
         name="fc1",
-        dtype=cfg.dtype,
+        dtype=cfg.compute_dtype,
         kernel_init=_init(("embed", "mlp")),
         bias_init=_init(("mlp",), nn.initializers.zeros),
     )(x)  # [B, L, M]
@@ -272,7 +281,7 @@ class Mlp(nn.Module):
     return nn.Dense(
         cfg.width,
         name="fc2",
-        dtype=cfg.dtype,
+        dtype=cfg.compute_dtype,
         kernel_init=_init(("mlp", "embed")),
         bias_init=_init(("embed",), nn.initializers.zeros),
     )(h)  # [B, L, D]
@@ -315,7 +324,7 @@ class DinoV2(nn.Module):
     d = cfg.width
     self.patch_embed = nn.Dense(
         d,
-        dtype=cfg.dtype,
+        dtype=cfg.compute_dtype,
         kernel_init=_init(("patch", "embed")),
         bias_init=_init(("embed",), nn.initializers.zeros),
     )
@@ -348,7 +357,7 @@ class DinoV2(nn.Module):
     gh, gw = h // p, w // p
     patches = pixels.reshape(b, gh, p, gw, p, c).transpose(0, 1, 3, 2, 4, 5)
     patches = patches.reshape(b, gh * gw, p * p * c)  # [B, N, p*p*3]
-    x = self.patch_embed(patches.astype(cfg.dtype))  # [B, N, D]
+    x = self.patch_embed(patches.astype(cfg.compute_dtype))  # [B, N, D]
     cls = jnp.broadcast_to(self.cls_token, (b, 1, cfg.width)).astype(x.dtype)
     x = jnp.concatenate([cls, x], axis=1)  # [B, 1 + N, D]
     pos = interpolate_pos_embed(

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from moeclip_jax.models import attention, clip_config
+from moeclip_jax.models import precision as precision_lib
 
 
 def activation_fn(name: str) -> Callable[[jax.Array], jax.Array]:
@@ -35,7 +36,8 @@ def precision(config: clip_config.CLIPConfig) -> jax.lax.Precision | None:
 
 
 def dtypes(config: clip_config.CLIPConfig) -> tuple[jnp.dtype, jnp.dtype]:
-  return jnp.dtype(config.dtype), jnp.dtype(config.param_dtype)
+  return (precision_lib.compute_dtype(config.dtype),
+          jnp.dtype(config.param_dtype))
 
 
 def layer_norm(config, name: str | None = None) -> nn.LayerNorm:

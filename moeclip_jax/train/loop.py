@@ -8,7 +8,6 @@ Every section is a small function; `train(config, workdir)` strings them.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import math
 import pathlib
@@ -22,16 +21,15 @@ import tqdm
 from moeclip_jax.checkpoint import manager as ckpt_lib
 from moeclip_jax.checkpoint import paths
 from moeclip_jax.methods import registry
-from moeclip_jax.optim import masks, optimizers
+from moeclip_jax.optim import masks
 from moeclip_jax.sharding import multihost, partition, presets
+from moeclip_jax.train import aot, evaluator
 from moeclip_jax.train import data as data_lib
-from moeclip_jax.train import evaluator
 from moeclip_jax.train import state as state_lib
-from moeclip_jax.train import step as step_lib
 from moeclip_jax.utils import io, tracking
 
 log = logging.getLogger("moeclip_jax.train")
-STEP_KEYS = ("image", "mask", "label", "class_id")
+STEP_KEYS = aot.STEP_KEYS
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -93,9 +91,8 @@ def build_state(run: Run) -> None:
                             run.method.frozen_patterns, _state_patterns(run))
   for path, label, pattern in table:
     log.info("param %-60s %-9s %s", path, label, pattern)
-  run.labels = masks.labels(params, run.method.trainable_patterns,
-                            run.method.frozen_patterns, _state_patterns(run))
-  run.tx = _make_tx(run)
+  run.labels = aot.param_labels(run.method, params)
+  run.tx = aot.make_tx(run.method, run.config.optim, run.labels)
   opt_state = jax.jit(run.tx.init)(params)
   state = state_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
                                opt_state=opt_state)
@@ -104,13 +101,6 @@ def build_state(run: Run) -> None:
 
 def _state_patterns(run: Run) -> tuple[str, ...]:
   return tuple(getattr(run.method, "state_patterns", ()))
-
-
-def _make_tx(run: Run):
-  """The method's own optimizer if it has one, else `optimizers.make_tx`."""
-  if hasattr(run.method, "make_tx"):
-    return run.method.make_tx(run.labels)
-  return optimizers.make_tx(run.config.optim, run.labels)
 
 
 def make_data(run: Run):
@@ -122,7 +112,7 @@ def make_data(run: Run):
 
 
 def batch_keys(run: Run) -> tuple[str, ...]:
-  return tuple(getattr(run.method, "batch_keys", STEP_KEYS))
+  return aot.batch_keys(run.method)
 
 
 def _on_mesh(tree, mesh):
@@ -169,14 +159,8 @@ def restore(run: Run) -> str:
 
 # ---- the loop --------------------------------------------------------------------
 def _jit_step(run: Run):
-  fn = functools.partial(step_lib.train_step, loss_fn=run.method.loss_fn,
-                         tx=run.tx, param_labels=run.labels)
-  state_sh = jax.tree.map(lambda x: x.sharding, run.state)
-  repl = partition.replicated(run.mesh)
-  batch_sh = partition.batch_sharding(run.mesh)
-  return jax.jit(fn, donate_argnums=(0,),
-                 in_shardings=(state_sh, batch_sh, repl, repl),
-                 out_shardings=(state_sh, repl))
+  return aot.jit_train_step(run.method, run.tx, run.labels, run.state,
+                            run.mesh)
 
 
 def _check_finite(step: int, scalars: dict) -> None:

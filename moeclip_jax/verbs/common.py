@@ -93,8 +93,9 @@ def add_method_options(parser: argparse.ArgumentParser, verb: str) -> None:
   group per method; a flag of another method than the checkpoint's is an
   error at load time (`load_detector`)."""
   for method, options in registry.cli_options(verb):
-    group = parser.add_argument_group(
-        f"{method} options (an error for other methods)")
+    title = (f"{method} options (an error for other methods)"
+             if method != registry.EVERY_METHOD else "options of every method")
+    group = parser.add_argument_group(title)
     for option in options:
       group.add_argument(option.flag, default=None, help=option.help,
                          **dict(option.kwargs))

@@ -107,7 +107,9 @@ class AnomalyMoEDetector(base.DetectorBase):
         kwargs={"choices": ("auto", "test")}),)
 
   @classmethod
-  def load(cls, checkpoint_dir, **kwargs):
+  def load(cls, checkpoint_dir, *, dtype: str | None = None, **kwargs):
+    """`dtype`: the DINOv2 encoder's compute dtype (default: config.json's;
+    models/precision.py)."""
     cls.check_options(checkpoint_dir, kwargs)
     path = pathlib.Path(checkpoint_dir)
     cfg = dict(ckpt_params.read_config(path))
@@ -118,6 +120,9 @@ class AnomalyMoEDetector(base.DetectorBase):
     # loop the run was trained with (same parameter layout).
     config = dataclasses.replace(
         model_lib.AnomalyMoEConfig.from_dict(cfg), expert_loop="scan")
+    if dtype is not None:
+      config = dataclasses.replace(config, backbone=dataclasses.replace(
+          config.backbone, dtype=dtype))
     params = ckpt_params.read_params_checkpoint(path)
     comp = None
     if (path / "component_centres.npz").is_file():

@@ -65,7 +65,8 @@ def model_config(config: Any) -> model_lib.AnomalyMoEConfig:
     dims = experts.ExpertDims(width=backbone.width,
                               decoder_heads=backbone.num_heads)
   backbone = dataclasses_replace(
-      backbone, interpolation=bb.get("interpolation", "official"))
+      backbone, interpolation=bb.get("interpolation", "official"),
+      dtype=bb.get("dtype") or backbone.dtype)
   m = dict(config.model.to_dict())
   for key in ("target_layers",):
     m[key] = tuple(m[key])

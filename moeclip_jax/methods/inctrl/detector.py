@@ -378,26 +378,32 @@ class InCTRLDetector(base.DetectorBase):
     return load(checkpoint_dir, **kwargs)
 
 
-def model_from_config(cfg: dict[str, Any]) -> inctrl_model.InCTRL:
-  """InCTRL from a checkpoint's config.json dict."""
+def model_from_config(cfg: dict[str, Any],
+                      dtype: str | None = None) -> inctrl_model.InCTRL:
+  """InCTRL from a checkpoint's config.json dict (towers in `dtype` when
+  given, else the config's; models/precision.py)."""
   if cfg.get("method") != "inctrl":
     raise ValueError(f"not an InCTRL checkpoint (method={cfg.get('method')})")
   extra = cfg.get("inctrl", {})
+  ccfg = clip_config.CLIPConfig.from_dict(cfg["clip"])
+  if dtype is not None:
+    ccfg = ccfg.replace(dtype=dtype)
   return inctrl_model.InCTRL(
-      clip_config=clip_config.CLIPConfig.from_dict(cfg["clip"]),
+      clip_config=ccfg,
       feature_layers=tuple(extra.get("feature_layers",
                                      inctrl_model.DEFAULT_LAYERS)),
       adapter_reduction=extra.get("adapter_reduction", 4),
       text_scale=extra.get("text_scale", inctrl_model.TEXT_SCALE))
 
 
-def load_variables(checkpoint_dir) -> tuple[inctrl_model.InCTRL, dict]:
+def load_variables(checkpoint_dir, dtype: str | None = None
+                   ) -> tuple[inctrl_model.InCTRL, dict]:
   """(model, {params, batch_stats}) from a converted checkpoint folder."""
   path = pathlib.Path(checkpoint_dir)
   config_file = path / "config.json"
   if not config_file.is_file():
     raise FileNotFoundError(f"{config_file}: missing (not a checkpoint?)")
-  model = model_from_config(ckpt_params.read_json(config_file))
+  model = model_from_config(ckpt_params.read_json(config_file), dtype)
   abstract = jax.eval_shape(
       lambda r: inctrl_model.init_variables(model, r), jax.random.key(0))
   return model, ckpt_params.read_params_checkpoint(path, abstract)
@@ -407,7 +413,7 @@ def load(checkpoint_dir, **kwargs) -> InCTRLDetector:
   """An `InCTRLDetector` from a converted or trained checkpoint folder."""
   InCTRLDetector.check_options(checkpoint_dir, {
       k: v for k, v in kwargs.items() if k != "batch_size"})
-  model, variables = load_variables(checkpoint_dir)
+  model, variables = load_variables(checkpoint_dir, kwargs.pop("dtype", None))
   tok_dir = pathlib.Path(checkpoint_dir) / "tokenizer"
   tokenizer = tokenize.load_tokenizer(tok_dir if tok_dir.is_dir() else None)
   return InCTRLDetector(model, variables, tokenizer,

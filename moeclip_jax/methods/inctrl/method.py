@@ -167,9 +167,15 @@ class InCTRLMethod:
     context = {"text": jnp.asarray(cache.batch(class_names))}
     if self.data is not None and self.data.holdout:
       pixels = self.data.eval_prompts(class_names)  # uint8[C, K, S, S, 3]
-      towers = {k: params["params"][k] for k in TOWERS}
-      context["prompts"] = self._encode_prompts(towers, pixels)
+      context = self.with_prompt_features(params, context, pixels)
     return context
+
+  def with_prompt_features(self, params, context: dict, pixels) -> dict:
+    """`context` plus the frozen features of K prompt images per class,
+    `pixels` uint8 / normalised [C, K, S, S, 3] (what predict_fn scores
+    against; make_context adds them for data with held-out classes)."""
+    towers = {k: params["params"][k] for k in TOWERS}
+    return {**context, "prompts": self._encode_prompts(towers, pixels)}
 
   @functools.cached_property
   def _encode_prompts(self):

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from moeclip_jax.models import precision as precision_lib
+
 FAITHFUL_MODES = ("released", "paper")
 DOMAINS = ("industrial", "medical")
 
@@ -56,7 +58,8 @@ class MoECLIPConfig:
     det_kernel: taps of the detection head's depthwise 1-D conv.
     text_width: width of the frozen text tower's EOT features.
     faithful: "released" or "paper" (see the module docstring).
-    dtype: compute dtype of the adapters (the router is always float32).
+    dtype: compute dtype of the adapters (the router is always float32):
+      "auto" (default; models/precision.py) or a concrete name.
   """
 
   moe_layers: tuple[int, ...] = (5, 11, 17, 23)
@@ -74,9 +77,10 @@ class MoECLIPConfig:
   det_kernel: int = 3
   text_width: int = 768
   faithful: str = "released"
-  dtype: str = "float32"
+  dtype: str = "auto"
 
   def __post_init__(self):
+    precision_lib.resolve(self.dtype)  # ValueError on an unknown name
     if self.faithful not in FAITHFUL_MODES:
       raise ValueError(
           f"faithful={self.faithful!r}; expected one of {FAITHFUL_MODES}"

@@ -35,6 +35,7 @@ import jax.numpy as jnp
 from moeclip_jax.methods.moeclip import config as config_lib
 from moeclip_jax.methods.moeclip import heads as heads_lib
 from moeclip_jax.models import clip, clip_config, moe
+from moeclip_jax.models import precision as precision_lib
 
 # Regexes over "/"-joined param paths; everything else is frozen. None of
 # them matches a path containing "fofs_a".
@@ -134,7 +135,7 @@ class MoECLIP(nn.Module):
 
   def setup(self):
     cfg, ccfg = self.config, self.clip_config
-    dtype = jnp.dtype(cfg.dtype)
+    dtype = precision_lib.compute_dtype(cfg.dtype)
     self.precision = (
         None if ccfg.matmul_precision == "default"
         else jax.lax.Precision[ccfg.matmul_precision.upper()]
