@@ -26,13 +26,12 @@ import argparse
 import json
 import os
 import pathlib
-import platform
 import statistics
 import tempfile
 import time
 
+import gemm_rate  # benchmarks/gemm_rate.py (this script's folder)
 import jax
-import numpy as np
 
 from moeclip_jax.benchmark import execute, store, suite
 from moeclip_jax.data import synthetic
@@ -54,16 +53,6 @@ def get_config():
   c.targets = [dict(name="synthetic", reader="mvtec", root="{root}")]
   return c
 '''
-
-
-def _cpu_model() -> str:
-  try:
-    for line in open("/proc/cpuinfo", encoding="utf-8"):
-      if line.startswith("model name"):
-        return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
 
 
 def _train_detector(work: pathlib.Path, args) -> pathlib.Path:
@@ -161,7 +150,7 @@ def main(argv=None) -> dict:
             f"{steady:.1f} img/s (ratio {steady / bare:.3f}), first unit "
             f"{first:.2f} s, whole run {wall:.2f} s", flush=True)
   result = {
-      "benchmark": "benchmark_throughput", "machine": _cpu_model(),
+      "benchmark": "benchmark_throughput", "machine": gemm_rate.cpu_model(),
       "cores": os.cpu_count(), "backend": jax.default_backend(),
       "devices": jax.device_count(), "args": vars(args),
       "images_per_round": count, "rounds": rows,
