@@ -6,6 +6,7 @@ import base64
 import concurrent.futures
 import io
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -181,9 +182,18 @@ def test_timeout_gives_503_and_server_stays_healthy(client, image):
 
 
 def test_one_log_line_per_request(client, log_file):
+  """The access log is written by a listener thread: lines land shortly
+  after their reply (polled here), exactly one per request."""
   before = log_file.read_text().splitlines()
   client.get("/v1/model")
   client.post("/v1/predict", data={})
+  deadline = time.monotonic() + 10
+  while True:
+    lines = log_file.read_text().splitlines()[len(before):]
+    if len(lines) >= 2 or time.monotonic() > deadline:
+      break
+    time.sleep(0.02)
+  time.sleep(0.2)  # nothing more arrives
   lines = log_file.read_text().splitlines()[len(before):]
   assert len(lines) == 2
   assert " GET /v1/model 200 " in lines[0] and lines[0].endswith("ms")
