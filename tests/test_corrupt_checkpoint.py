@@ -154,20 +154,17 @@ def test_deleted_blob_of_a_trained_detector_names_the_file(demo, tmp_path,
 
 def test_deleted_array_metadata_names_the_parameter(tree, tmp_path):
   """params/d/ holds the arrays' zarr metadata: the parameter and the
-  missing file are named, not tensorstore's spec dump. (Known gap: orbax's
-  closed event loop may print tracebacks around the line, so this checks
-  the `error:` line only.)"""
+  missing file are named, not tensorstore's spec dump, and orbax's other
+  reads (which find its event loop closed) print nothing. Run 3 times:
+  those reports raced the exit."""
   ckpt = tmp_path / "ckpt"
   shutil.copytree(tree["inctrl"], ckpt)
   for blob in (ckpt / "params" / "d").iterdir():
     blob.unlink()
-  done = _run(*_verb_args("predict", ckpt, tree, tmp_path / "out"))
-  assert done.returncode == 2, done.stderr
-  errors = [ln for ln in done.stderr.splitlines() if ln.startswith("error:")]
-  assert len(errors) == 1, done.stderr
-  last = errors[0]
-  assert last.startswith(f"error: {ckpt.absolute()}: checkpoint is damaged "
-                         "or incomplete ("), last
-  name, cause = last.split("incomplete (", 1)[1].split(": ", 1)
-  assert "." in name and cause.startswith("missing file params/d/"), last
+  for _ in range(3):
+    done = _run(*_verb_args("predict", ckpt, tree, tmp_path / "out"))
+    _assert_one_line(done, ckpt)
+    last = done.stderr.strip()
+    name, cause = last.split("incomplete (", 1)[1].split(": ", 1)
+    assert "." in name and cause.startswith("missing file params/d/"), last
   assert "tensorstore_spec" not in done.stderr

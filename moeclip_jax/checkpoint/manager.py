@@ -41,6 +41,7 @@ def restore(manager: ocp.CheckpointManager, abstract_item: Any,
   step = manager.latest_step() if step is None else step
   if step is None:
     return None
+  ckpt_params.drop_orphaned_read_reports()
   try:
     out = manager.restore(
         step, args=ocp.args.Composite(

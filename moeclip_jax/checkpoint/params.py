@@ -24,10 +24,12 @@ import os
 import pathlib
 import re
 import shutil
+import sys
 import tempfile
 from typing import Any, Mapping
 
 from moeclip_jax.models import tokenize
+from moeclip_jax.utils import console
 
 CONFIG_FILE = "config.json"
 META_FILE = "meta.json"
@@ -211,6 +213,31 @@ _PARAM_PATTERNS = (
 )
 
 
+def _is_orphaned_read(unraisable) -> bool:
+  return (isinstance(unraisable.exc_value, RuntimeError)
+          and str(unraisable.exc_value) == "Event loop is closed")
+
+
+def drop_orphaned_read_reports() -> None:
+  """Installed before every restore: when one read fails, orbax's other
+  reads finish on tensorstore threads whose callbacks find orbax's event
+  loop closed, and Python reports each as an unraisable `RuntimeError:
+  Event loop is closed` traceback around the one-line error. Those reports
+  (only those) are dropped, unless --debug / MOECLIP_JAX_DEBUG=1 asks for
+  everything."""
+  if console.debug() or getattr(sys.unraisablehook, "drops_orphaned_reads",
+                                False):
+    return
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    if not _is_orphaned_read(unraisable):
+      previous(unraisable)
+
+  hook.drops_orphaned_reads = True
+  sys.unraisablehook = hook
+
+
 def _param_name(err: BaseException) -> str | None:
   """The parameter an orbax/tensorstore error (or its causes) is about."""
   texts = [str(e) for e in _chain(err)]
@@ -246,6 +273,7 @@ def read_params_checkpoint(path, abstract=None):
   if not params_dir.is_dir():
     raise FileNotFoundError(f"{params_dir}: no params checkpoint")
   ckptr = ocp.StandardCheckpointer()
+  drop_orphaned_read_reports()
   try:
     if abstract is None:
       return ckptr.restore(params_dir)
